@@ -1,0 +1,21 @@
+//! Client-server API handlers, one file per area of the spec.
+
+use super::router::AppRouter;
+
+pub mod account;
+pub mod discovery;
+pub mod filter;
+pub mod membership;
+pub mod message;
+pub mod room;
+pub mod sync;
+
+pub fn routes(router: AppRouter) -> AppRouter {
+    let router = discovery::routes(router);
+    let router = account::routes(router);
+    let router = room::routes(router);
+    let router = membership::routes(router);
+    let router = message::routes(router);
+    let router = filter::routes(router);
+    sync::routes(router)
+}

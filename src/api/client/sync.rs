@@ -1,0 +1,447 @@
+//! `/sync` (spec: "Syncing"). A long-poll: when there is nothing new the request waits on
+//! the notifier for its user, which the write path wakes, and then computes again.
+//!
+//! Tokens are stream positions: a response covers every change with a position in
+//! `(since, next_batch]`, and `next_batch` is read from the database's committed position
+//! before anything else, so a change is never skipped.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    ops::Not,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{Json, response::IntoResponse};
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    api::client::{
+        filter::{FilterDefinition, RoomEventFilter},
+        sync::sync_events::{self, v3::Filter},
+    },
+    events::{StateEventType, room::member::MembershipState},
+};
+use serde_json::{Map, Value, json};
+
+use super::{filter, message};
+use crate::{
+    api::{
+        router::{AppRouter, route_any},
+        ruma::Ruma,
+    },
+    error::{Error, Result},
+    service::{
+        Services,
+        rooms::{Pdu, membership::UserRoom, state::StateMap},
+    },
+};
+
+pub fn routes(router: AppRouter) -> AppRouter {
+    route_any(router, sync_route)
+}
+
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Ctx<'a> {
+    services: &'a Services,
+    user: &'a UserId,
+    device: Option<&'a str>,
+    since: Option<u64>,
+    token: u64,
+    full_state: bool,
+    filter: &'a FilterDefinition,
+}
+
+async fn sync_route(
+    services: Arc<Services>,
+    body: Ruma<sync_events::v3::Request>,
+) -> Result<impl IntoResponse> {
+    let user = body.user().to_owned();
+    let device = body.sender_device.as_ref().map(|d| d.to_string());
+    let req = &body.body;
+    let since = message::parse_token(req.since.as_deref())?;
+    let filter = match &req.filter {
+        None => FilterDefinition::default(),
+        Some(Filter::FilterDefinition(def)) => def.clone(),
+        Some(Filter::FilterId(id)) => {
+            let stored = services
+                .account_data
+                .get_filter(&user, id)?
+                .ok_or_else(|| Error::invalid_param("Unknown filter"))?;
+            serde_json::from_value(stored)
+                .map_err(|_| Error::invalid_param("Stored filter is invalid"))?
+        }
+        Some(_) => FilterDefinition::default(),
+    };
+    let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+
+    // Subscribed before the first computation: a change after this point wakes us even if
+    // it lands while we compute.
+    let mut wake = services.notifier.subscribe(&user);
+    loop {
+        let token = services.db.committed();
+        let ctx = Ctx {
+            services: &services,
+            user: &user,
+            device: device.as_deref(),
+            since,
+            token,
+            full_state: req.full_state,
+            filter: &filter,
+        };
+        let (response, has_changes) = compute(&ctx)?;
+        if has_changes
+            || since.is_none()
+            || req.full_state
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(Json(response));
+        }
+        if since.is_some_and(|s| s > token) {
+            // A token from the future (e.g. a restored old database): answer now.
+            return Ok(Json(response));
+        }
+        tokio::select! {
+            changed = wake.changed() => { if changed.is_err() { return Ok(Json(response)); } }
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = services.shutdown_signal() => { return Ok(Json(response)); }
+        }
+    }
+}
+
+fn compute(ctx: &Ctx) -> Result<(Value, bool)> {
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut knock = Map::new();
+    let mut leave = Map::new();
+    let room_filter = &ctx.filter.room;
+
+    let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
+    let mut global_account_data = Vec::new();
+    for (room, kind, content) in
+        ctx.services
+            .account_data
+            .changes_since(ctx.user, ctx.since.unwrap_or(0), ctx.token)?
+    {
+        let event =
+            json!({ "type": kind, "content": serde_json::from_str::<Value>(content.get())? });
+        match room {
+            Some(room) => room_account_data.entry(room).or_default().push(event),
+            None => global_account_data.push(event),
+        }
+    }
+    if ctx.filter.account_data.not_types.iter().any(|t| t == "*") {
+        global_account_data.clear();
+    }
+
+    for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user)? {
+        if record.forgotten || room_filter.not_rooms.contains(&room_id) {
+            continue;
+        }
+        if let Some(rooms) = &room_filter.rooms
+            && !rooms.contains(&room_id)
+        {
+            continue;
+        }
+        if record.count > ctx.token {
+            // A membership change after our token: the next sync shows it whole.
+            continue;
+        }
+        let changed_since = ctx.since.is_none_or(|s| record.count > s);
+        let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+        match record.membership {
+            MembershipState::Join => {
+                if let Some(room) =
+                    joined_room(ctx, &room_id, &record, changed_since, account_data)?
+                {
+                    join.insert(room_id.to_string(), room);
+                }
+            }
+            MembershipState::Invite if changed_since => {
+                invite.insert(room_id.to_string(), json!({ "invite_state": { "events": record.stripped.clone().unwrap_or_default() } }));
+            }
+            MembershipState::Knock if changed_since => {
+                knock.insert(room_id.to_string(), json!({ "knock_state": { "events": record.stripped.clone().unwrap_or_default() } }));
+            }
+            MembershipState::Leave | MembershipState::Ban => {
+                let wanted = match ctx.since {
+                    None => room_filter.include_leave,
+                    Some(s) => record.count > s,
+                };
+                if wanted && let Some(room) = left_room(ctx, &room_id, &record, account_data)? {
+                    leave.insert(room_id.to_string(), room);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let has_changes = !(join.is_empty()
+        && invite.is_empty()
+        && knock.is_empty()
+        && leave.is_empty()
+        && global_account_data.is_empty());
+    let mut rooms = Map::new();
+    for (name, section) in [
+        ("join", join),
+        ("invite", invite),
+        ("knock", knock),
+        ("leave", leave),
+    ] {
+        if !section.is_empty() {
+            rooms.insert(name.to_owned(), Value::Object(section));
+        }
+    }
+    let mut response = Map::new();
+    response.insert("next_batch".to_owned(), json!(ctx.token.to_string()));
+    if !rooms.is_empty() {
+        response.insert("rooms".to_owned(), Value::Object(rooms));
+    }
+    if !global_account_data.is_empty() {
+        response.insert(
+            "account_data".to_owned(),
+            json!({ "events": global_account_data }),
+        );
+    }
+    Ok((Value::Object(response), has_changes))
+}
+
+fn timeline_limit(filter: &RoomEventFilter) -> usize {
+    filter
+        .limit
+        .map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(1, 1000)
+}
+
+/// Events of the room in `(since, until]` that pass the timeline filter, at most `limit`
+/// (the newest), oldest first; and whether older ones were left out.
+fn timeline(
+    ctx: &Ctx,
+    room_id: &RoomId,
+    since: u64,
+    until: u64,
+    limit: usize,
+) -> Result<(Vec<(u64, Pdu)>, bool)> {
+    let tl_filter = &ctx.filter.room.timeline;
+    let mut events = Vec::new();
+    let mut cursor = until.saturating_add(1);
+    let mut limited = false;
+    'outer: loop {
+        let page = ctx
+            .services
+            .rooms
+            .events_before(room_id, cursor, limit + 1)?;
+        if page.is_empty() {
+            break;
+        }
+        for (count, pdu) in page {
+            cursor = count;
+            if count <= since {
+                break 'outer;
+            }
+            if !filter::matches(tl_filter, &pdu) {
+                continue;
+            }
+            if events.len() == limit {
+                limited = true;
+                break 'outer;
+            }
+            events.push((count, pdu));
+        }
+    }
+    events.reverse();
+    Ok((events, limited))
+}
+
+fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec<Value>> {
+    events
+        .into_iter()
+        .map(|pdu| {
+            let txn = ctx
+                .services
+                .rooms
+                .transaction_id_for(&pdu, ctx.user, ctx.device)?;
+            Ok(serde_json::from_str(
+                pdu.to_client_json(txn.as_deref()).get(),
+            )?)
+        })
+        .collect()
+}
+
+/// The state section: everything the client needs to know about the room's state at the
+/// start of the timeline and does not know yet.
+fn state_section(
+    ctx: &Ctx,
+    room_id: &RoomId,
+    timeline: &[(u64, Pdu)],
+    end_count: u64,
+    full: bool,
+) -> Result<Vec<Pdu>> {
+    let services = ctx.services;
+    let state_filter = &ctx.filter.room.state;
+    let lazy = state_filter.lazy_load_options.is_disabled().not();
+    let start_state: Arc<StateMap> = match timeline.first() {
+        Some((_, first)) => match services.rooms.state_before(&first.event_id)? {
+            Some(hash) => services.rooms.load_state(hash)?,
+            None => Arc::default(),
+        },
+        None => message::state_at_count(services, room_id, end_count)?,
+    };
+    let in_timeline: HashSet<_> = timeline.iter().map(|(_, p)| p.event_id.clone()).collect();
+    let since_state = match (full, ctx.since) {
+        (false, Some(since)) => Some(message::state_at_count(services, room_id, since)?),
+        _ => None,
+    };
+    let senders: HashSet<String> = timeline.iter().map(|(_, p)| p.sender.to_string()).collect();
+    let member_key = |short: u64| -> Result<Option<String>> {
+        let (kind, key) = services.rooms.get_statekey(short)?;
+        Ok((kind == StateEventType::RoomMember).then_some(key))
+    };
+    let mut out = Vec::new();
+    for (short_key, short_event) in start_state.iter() {
+        if since_state
+            .as_ref()
+            .is_some_and(|s| s.get(short_key) == Some(short_event))
+        {
+            continue;
+        }
+        if lazy
+            && let Some(member) = member_key(*short_key)?
+            && member != ctx.user.as_str()
+            && !senders.contains(&member)
+        {
+            continue;
+        }
+        let event_id = services.rooms.get_eventid(*short_event)?;
+        if in_timeline.contains(&event_id) {
+            continue;
+        }
+        if let Some(pdu) = services.rooms.get_pdu(&event_id)?
+            && filter::matches(state_filter, &pdu)
+        {
+            out.push(pdu);
+        }
+    }
+    Ok(out)
+}
+
+fn summary(ctx: &Ctx, room_id: &RoomId) -> Result<Value> {
+    let members = ctx.services.rooms.members(room_id, None)?;
+    let joined = members
+        .iter()
+        .filter(|(_, m)| *m == MembershipState::Join)
+        .count();
+    let invited = members
+        .iter()
+        .filter(|(_, m)| *m == MembershipState::Invite)
+        .count();
+    let state = ctx.services.rooms.current_state(room_id)?;
+    let named = ctx
+        .services
+        .rooms
+        .state_get(&state, &StateEventType::RoomName, "")?
+        .is_some()
+        || ctx
+            .services
+            .rooms
+            .state_get(&state, &StateEventType::RoomCanonicalAlias, "")?
+            .is_some();
+    let mut summary = json!({
+        "m.joined_member_count": joined,
+        "m.invited_member_count": invited,
+    });
+    if !named {
+        let heroes: Vec<_> = members
+            .iter()
+            .filter(|(u, m)| {
+                u != ctx.user && matches!(m, MembershipState::Join | MembershipState::Invite)
+            })
+            .take(5)
+            .map(|(u, _)| u.to_string())
+            .collect();
+        summary["m.heroes"] = json!(heroes);
+    }
+    Ok(summary)
+}
+
+fn joined_room(
+    ctx: &Ctx,
+    room_id: &RoomId,
+    record: &UserRoom,
+    newly_joined: bool,
+    account_data: Vec<Value>,
+) -> Result<Option<Value>> {
+    let services = ctx.services;
+    let since = if newly_joined {
+        0
+    } else {
+        ctx.since.unwrap_or(0)
+    };
+    let quiet = services.rooms.last_count(room_id)? <= since;
+    if quiet && account_data.is_empty() && !ctx.full_state && !newly_joined {
+        return Ok(None);
+    }
+    let limit = timeline_limit(&ctx.filter.room.timeline);
+    let (events, limited) = if quiet {
+        (vec![], false)
+    } else {
+        timeline(ctx, room_id, since, ctx.token, limit)?
+    };
+    let full = newly_joined || ctx.full_state || ctx.since.is_none();
+    let state = if full || limited {
+        state_section(ctx, room_id, &events, ctx.token, full)?
+    } else {
+        vec![]
+    };
+    let prev_batch = events
+        .first()
+        .map(|(count, _)| count.saturating_sub(1))
+        .unwrap_or(ctx.token);
+    let mut room = json!({
+        "timeline": {
+            "events": client_events(ctx, events.iter().map(|(_, p)| p.clone()))?,
+            "limited": limited,
+            "prev_batch": prev_batch.to_string(),
+        },
+        "state": { "events": client_events(ctx, state)? },
+        "account_data": { "events": account_data },
+        "ephemeral": { "events": [] },
+    });
+    if full || events.iter().any(|(_, p)| filter::is_member_event(p)) || record.count > since {
+        room["summary"] = summary(ctx, room_id)?;
+    }
+    Ok(Some(room))
+}
+
+fn left_room(
+    ctx: &Ctx,
+    room_id: &RoomId,
+    record: &UserRoom,
+    account_data: Vec<Value>,
+) -> Result<Option<Value>> {
+    let since = ctx.since.unwrap_or(0);
+    let limit = timeline_limit(&ctx.filter.room.timeline);
+    let until = record.count.min(ctx.token);
+    let (events, limited) = timeline(ctx, room_id, since, until, limit)?;
+    let state = if limited || ctx.since.is_none() {
+        state_section(ctx, room_id, &events, until, ctx.since.is_none())?
+    } else {
+        vec![]
+    };
+    let prev_batch = events
+        .first()
+        .map(|(count, _)| count.saturating_sub(1))
+        .unwrap_or(until);
+    Ok(Some(json!({
+        "timeline": {
+            "events": client_events(ctx, events.iter().map(|(_, p)| p.clone()))?,
+            "limited": limited,
+            "prev_batch": prev_batch.to_string(),
+        },
+        "state": { "events": client_events(ctx, state)? },
+        "account_data": { "events": account_data },
+    })))
+}

@@ -1,0 +1,6 @@
+//! HTTP handlers: thin, one file per spec area.
+
+pub mod client;
+pub mod router;
+pub mod ruma;
+pub mod server;

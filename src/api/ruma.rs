@@ -1,0 +1,255 @@
+//! The one extractor every Matrix endpoint uses: it bounds and reads the body, finds the
+//! caller from the access token, applies the rate limit and parses the ruma request type.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, Path},
+    response::{IntoResponse, Response},
+};
+use bytes::BytesMut;
+use http::{Request, header};
+use ruma::{
+    OwnedDeviceId, OwnedUserId,
+    api::{
+        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
+            NoAccessToken, NoAuthentication,
+        },
+        error::{DeserializationError, FromHttpRequestError},
+    },
+};
+
+use crate::{
+    error::{Error, Result},
+    service::{Services, users::TokenLookup},
+};
+
+/// How an endpoint authenticates its caller, read off ruma's auth scheme type.
+pub trait AuthKind {
+    const REQUIRED: bool;
+    const ACCEPTS_TOKEN: bool = true;
+}
+impl AuthKind for AccessToken {
+    const REQUIRED: bool = true;
+}
+impl AuthKind for AccessTokenOptional {
+    const REQUIRED: bool = false;
+}
+impl AuthKind for AppserviceToken {
+    const REQUIRED: bool = true;
+}
+impl AuthKind for AppserviceTokenOptional {
+    const REQUIRED: bool = false;
+}
+impl AuthKind for NoAuthentication {
+    const REQUIRED: bool = false;
+    const ACCEPTS_TOKEN: bool = false;
+}
+impl AuthKind for NoAccessToken {
+    const REQUIRED: bool = false;
+    const ACCEPTS_TOKEN: bool = false;
+}
+impl AuthKind for ruma::api::federation::authentication::ServerSignatures {
+    const REQUIRED: bool = false;
+    const ACCEPTS_TOKEN: bool = false;
+}
+
+/// A parsed request with its authenticated sender.
+pub struct Ruma<T> {
+    pub body: T,
+    pub sender_user: Option<OwnedUserId>,
+    pub sender_device: Option<OwnedDeviceId>,
+    /// The body as JSON, for endpoints that need fields ruma does not model.
+    pub json_body: Option<serde_json::Value>,
+    pub client_ip: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The sender of an endpoint that requires authentication.
+    pub fn user(&self) -> &ruma::UserId {
+        self.sender_user.as_deref().expect("authenticated endpoint")
+    }
+
+    pub fn device(&self) -> &ruma::DeviceId {
+        self.sender_device
+            .as_deref()
+            .expect("authenticated endpoint")
+    }
+}
+
+fn access_token(request: &http::request::Parts) -> Option<String> {
+    if let Some(value) = request.headers.get(header::AUTHORIZATION)
+        && let Ok(value) = value.to_str()
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    let query = request.uri.query()?;
+    form_urlencoded_get(query, "access_token")
+}
+
+fn form_urlencoded_get(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn map_parse_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            Error::bad_json(format!("Invalid request body: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::invalid_param(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::invalid_param(format!("Invalid query parameter: {e}"))
+        }
+        other => Error::bad_json(format!("Invalid request: {other}")),
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthKind,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = request.into_parts();
+        let limit = services.config().max_request_size;
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            && len > limit
+        {
+            return Err(Error::too_large("Request body is too large"));
+        }
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::too_large("Request body is too large"))?;
+
+        let path_args: Vec<String> = {
+            use axum::extract::FromRequestParts;
+            match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
+                Ok(Path(args)) => args,
+                Err(_) => vec![],
+            }
+        };
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+
+        let (sender_user, sender_device) = if <T::Authentication as AuthKind>::ACCEPTS_TOKEN {
+            match access_token(&parts) {
+                Some(token) => match services.users.find_token(&token)? {
+                    TokenLookup::Valid(user, device) => {
+                        if !services.users.is_active(&user)? {
+                            return Err(Error::unknown_token(false));
+                        }
+                        services
+                            .users
+                            .touch_device(&user, device.as_str(), client_ip.clone())?;
+                        (Some(user), Some(device))
+                    }
+                    TokenLookup::Expired => return Err(Error::unknown_token(true)),
+                    TokenLookup::Unknown => return Err(Error::unknown_token(false)),
+                },
+                None if <T::Authentication as AuthKind>::REQUIRED => {
+                    return Err(Error::missing_token("Missing access token"));
+                }
+                None => (None, None),
+            }
+        } else {
+            (None, None)
+        };
+
+        if T::RATE_LIMITED {
+            let key = sender_user
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| client_ip.clone())
+                .unwrap_or_default();
+            services.ratelimit.check(&key)?;
+        }
+
+        let json_body = if bytes.is_empty() {
+            None
+        } else {
+            let is_json_endpoint = !parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    !v.starts_with("application/json") && !v.starts_with("text/plain")
+                });
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(value) => Some(value),
+                Err(_) if is_json_endpoint => {
+                    return Err(Error::not_json("Request body is not valid JSON"));
+                }
+                Err(_) => None,
+            }
+        };
+        if let Some(value) = &json_body
+            && !value.is_object()
+            && parts.method != http::Method::GET
+        {
+            return Err(Error::bad_json("Request body must be a JSON object"));
+        }
+
+        // ruma reads an empty body as no fields; give it `{}` so optional-only bodies parse.
+        let body_bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let http_request = Request::from_parts(parts, body_bytes);
+        let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_request, &path_refs).map_err(map_parse_error)?;
+        Ok(Ruma {
+            body,
+            sender_user,
+            sender_device,
+            json_body,
+            client_ip,
+        })
+    }
+}
+
+/// Wraps a ruma response type so axum can send it.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => response.map(|b| Body::from(b.freeze())),
+            Err(e) => Error::internal(format_args!("response serialisation: {e}")).into_response(),
+        }
+    }
+}

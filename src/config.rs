@@ -1,0 +1,154 @@
+//! Configuration: `conduit.toml` (section `[global]`, Conduit's key names) overridden by
+//! `CONDUIT_<KEY>` environment variables. Every key has a default so an empty file works.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The server's name: the part after the colon in `@user:server_name`.
+    #[serde(default = "default_server_name")]
+    pub server_name: OwnedServerName,
+    #[serde(default = "default_database_path")]
+    pub database_path: PathBuf,
+    /// Kept for Conduit compatibility; only `rocksdb` is supported.
+    #[serde(default = "default_database_backend")]
+    pub database_backend: String,
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Largest request body accepted, in bytes (`M_TOO_LARGE` above it).
+    #[serde(default = "default_max_request_size")]
+    pub max_request_size: usize,
+    #[serde(default)]
+    pub allow_registration: bool,
+    /// When set, registration requires this token (`m.login.registration_token`), even when
+    /// `allow_registration` is false: the way to create the first user.
+    #[serde(default)]
+    pub registration_token: Option<String>,
+    #[serde(default = "default_true")]
+    pub allow_federation: bool,
+    #[serde(default = "default_trusted_servers")]
+    pub trusted_servers: Vec<OwnedServerName>,
+    #[serde(default = "default_room_version")]
+    pub default_room_version: RoomVersionId,
+    /// Allow users of this server to create rooms.
+    #[serde(default = "default_true")]
+    pub allow_room_creation: bool,
+    /// Published at `/.well-known/matrix/client` as `m.homeserver.base_url`.
+    #[serde(default)]
+    pub well_known_client: Option<String>,
+    /// Published at `/.well-known/matrix/server` as `m.server` (`host:port`).
+    #[serde(default)]
+    pub well_known_server: Option<String>,
+    /// Log filter in `RUST_LOG` syntax; `RUST_LOG` wins when set.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Access tokens expire after this many milliseconds when the client asked for a refresh
+    /// token; tokens of clients that did not ask never expire.
+    #[serde(default = "default_access_token_lifetime_ms")]
+    pub access_token_lifetime_ms: u64,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+/// Token-bucket limits, per user (or per IP address before login).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Turn every limit off (test and benchmark setups).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sustained requests per second to rate-limited endpoints (send, join, login, register).
+    #[serde(default = "default_per_second")]
+    pub per_second: f64,
+    /// Requests that may be made at once before the sustained rate applies.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_second: default_per_second(),
+            burst: default_burst(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_server_name() -> OwnedServerName {
+    "localhost".try_into().expect("valid server name")
+}
+fn default_database_path() -> PathBuf {
+    PathBuf::from("./conduit-db")
+}
+fn default_database_backend() -> String {
+    "rocksdb".to_owned()
+}
+fn default_address() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_port() -> u16 {
+    6167
+}
+fn default_max_request_size() -> usize {
+    20 * 1024 * 1024
+}
+fn default_trusted_servers() -> Vec<OwnedServerName> {
+    vec!["matrix.org".try_into().expect("valid server name")]
+}
+fn default_room_version() -> RoomVersionId {
+    RoomVersionId::V12
+}
+fn default_log() -> String {
+    "info,ruma_state_res=warn".to_owned()
+}
+fn default_access_token_lifetime_ms() -> u64 {
+    24 * 60 * 60 * 1000
+}
+fn default_per_second() -> f64 {
+    10.0
+}
+fn default_burst() -> u32 {
+    50
+}
+
+impl Config {
+    /// Reads the file (if given or present as `conduit.toml`) and the environment.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, figment::Error> {
+        let path = path
+            .map(ToOwned::to_owned)
+            .or_else(|| std::env::var_os("CONDUIT_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("conduit.toml"));
+        Figment::new()
+            .merge(Toml::file(path).nested())
+            // `CONDUIT_SERVER_NAME` sets `global.server_name`, `CONDUIT_RATE_LIMITS` takes a
+            // TOML table, as in Conduit.
+            .merge(Env::prefixed("CONDUIT_").ignore(&["CONFIG"]).global())
+            .select("global")
+            .extract()
+    }
+
+    /// A configuration with every default, for tests and tools.
+    pub fn with_defaults(server_name: &str, database_path: PathBuf) -> Self {
+        let mut config: Config = Figment::new()
+            .select("global")
+            .extract()
+            .expect("defaults are valid");
+        config.server_name = server_name.try_into().expect("valid server name");
+        config.database_path = database_path;
+        config
+    }
+}

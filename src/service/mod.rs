@@ -1,0 +1,59 @@
+//! Domain logic. Every service is built once at start-up and shared through [`Services`];
+//! each owns its tables.
+
+use std::sync::Arc;
+
+use crate::{config::Config, database::Database, error::Result};
+
+pub mod account_data;
+pub mod globals;
+pub mod notifier;
+pub mod ratelimit;
+pub mod rooms;
+pub mod uiaa;
+pub mod users;
+
+pub struct Services {
+    pub db: Arc<Database>,
+    pub globals: Arc<globals::Globals>,
+    pub notifier: Arc<notifier::Notifier>,
+    pub users: users::Users,
+    pub rooms: rooms::Rooms,
+    pub account_data: account_data::AccountData,
+    pub uiaa: uiaa::Uiaa,
+    pub ratelimit: ratelimit::RateLimiter,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Services {
+    pub fn build(config: Config) -> Result<Arc<Self>> {
+        let db = Database::open(&config.database_path)?;
+        let globals = Arc::new(globals::Globals::new(config.clone(), &db)?);
+        let notifier = Arc::new(notifier::Notifier::default());
+        Ok(Arc::new(Self {
+            users: users::Users::new(&db, config.access_token_lifetime_ms),
+            rooms: rooms::Rooms::new(&db, Arc::clone(&globals), Arc::clone(&notifier))?,
+            account_data: account_data::AccountData::new(&db, Arc::clone(&notifier)),
+            uiaa: uiaa::Uiaa::default(),
+            ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
+            db,
+            globals,
+            notifier,
+            shutdown: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    /// Tells long-polls to answer now: the server is stopping.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub async fn shutdown_signal(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.globals.config
+    }
+}

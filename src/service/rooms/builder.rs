@@ -1,0 +1,432 @@
+//! Creating a local event: choose `prev_events` and `auth_events`, hash and sign it, derive
+//! its id, authorise it against the room's state with the room version's auth rules, and
+//! append it. An event that fails the rules is never stored.
+
+use std::sync::Arc;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, RoomId, RoomVersionId, UserId,
+    canonical_json::{RedactedBecause, redact_in_place},
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    state_res,
+};
+use serde::Serialize;
+use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
+
+use super::{
+    Rooms,
+    pdu::{Pdu, PduEvent},
+    state::StateMap,
+};
+use crate::{
+    database::key::{pair, u64_key},
+    error::{Error, Result},
+    service::globals::random_string,
+};
+
+/// What a local event is made of before the server fills in the graph fields.
+pub struct PduBuilder {
+    pub event_type: TimelineEventType,
+    pub content: Box<RawJsonValue>,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+    pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
+    /// `(device_id, txn_id)` of a client send, for idempotency and `unsigned.transaction_id`.
+    pub transaction: Option<(String, String)>,
+}
+
+impl PduBuilder {
+    pub fn new(event_type: TimelineEventType, content: Box<RawJsonValue>) -> Self {
+        Self {
+            event_type,
+            content,
+            state_key: None,
+            redacts: None,
+            timestamp: None,
+            transaction: None,
+        }
+    }
+
+    pub fn state(
+        event_type: StateEventType,
+        state_key: impl Into<String>,
+        content: &impl Serialize,
+    ) -> Self {
+        let mut b = Self::new(
+            event_type.to_string().into(),
+            to_raw_value(content).expect("event content serialises"),
+        );
+        b.state_key = Some(state_key.into());
+        b
+    }
+
+    pub fn state_raw(
+        event_type: StateEventType,
+        state_key: impl Into<String>,
+        content: Box<RawJsonValue>,
+    ) -> Self {
+        let mut b = Self::new(event_type.to_string().into(), content);
+        b.state_key = Some(state_key.into());
+        b
+    }
+}
+
+impl Rooms {
+    /// Builds, authorises and appends an event in an existing room.
+    pub async fn build_and_append(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        builder: PduBuilder,
+    ) -> Result<Pdu> {
+        let _lock = self.lock_room(room_id).await;
+        self.build_and_append_locked(sender, Some(room_id), builder)
+    }
+
+    /// Builds and appends with the room lock already held (or, for `m.room.create`, with no
+    /// room yet).
+    pub fn build_and_append_locked(
+        &self,
+        sender: &UserId,
+        room_id: Option<&RoomId>,
+        builder: PduBuilder,
+    ) -> Result<Pdu> {
+        let is_create = builder.event_type == TimelineEventType::RoomCreate;
+        let (version, state_hash, state): (RoomVersionId, Option<u64>, Arc<StateMap>) =
+            match room_id {
+                Some(room_id) if !is_create => {
+                    let version = self
+                        .room_version(room_id)?
+                        .ok_or_else(|| Error::not_found("Unknown room"))?;
+                    let hash = self.current_shortstatehash(room_id)?;
+                    let state = match hash {
+                        Some(h) => self.load_state(h)?,
+                        None => return Err(Error::not_found("Unknown room")),
+                    };
+                    (version, hash, state)
+                }
+                _ => {
+                    #[derive(serde::Deserialize)]
+                    struct Create {
+                        room_version: Option<RoomVersionId>,
+                    }
+                    let create: Create = serde_json::from_str(builder.content.get())
+                        .map_err(|e| Error::bad_json(format!("invalid create content: {e}")))?;
+                    (
+                        create.room_version.unwrap_or(RoomVersionId::V1),
+                        None,
+                        Arc::default(),
+                    )
+                }
+            };
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
+
+        let prev_events: Vec<OwnedEventId> = match room_id {
+            Some(room_id) if !is_create => {
+                let mut prev = self.forward_extremities(room_id)?;
+                prev.truncate(20);
+                prev
+            }
+            _ => vec![],
+        };
+        let mut depth = 0u64;
+        for prev in &prev_events {
+            if let Some(pdu) = self.get_pdu(prev)? {
+                depth = depth.max(pdu.depth.into());
+            }
+        }
+        depth += 1;
+
+        let auth_types = state_res::auth_types_for_event(
+            &builder.event_type,
+            sender,
+            builder.state_key.as_deref(),
+            &builder.content,
+            &rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        let mut auth_events = Vec::new();
+        for (kind, state_key) in &auth_types {
+            if rules.authorization.room_create_event_id_as_room_id
+                && *kind == StateEventType::RoomCreate
+            {
+                continue;
+            }
+            if let Some(pdu) = self.state_get(&state, kind, state_key)? {
+                auth_events.push(pdu.event_id.clone());
+            }
+        }
+
+        let mut unsigned = CanonicalJsonObject::new();
+        if let Some(state_key) = &builder.state_key
+            && let Some(prev) =
+                self.state_get(&state, &builder.event_type.to_string().into(), state_key)?
+        {
+            unsigned.insert(
+                "replaces_state".to_owned(),
+                CanonicalJsonValue::String(prev.event_id.to_string()),
+            );
+            unsigned.insert(
+                "prev_sender".to_owned(),
+                CanonicalJsonValue::String(prev.sender.to_string()),
+            );
+            if let Ok(content) = serde_json::from_str::<CanonicalJsonValue>(prev.content.get()) {
+                unsigned.insert("prev_content".to_owned(), content);
+            }
+        }
+
+        let with_hashes = matches!(rules.event_id_format, EventIdFormatVersion::V1);
+        let mut object = CanonicalJsonObject::new();
+        let refs = |ids: &[OwnedEventId]| -> Result<CanonicalJsonValue> {
+            Ok(CanonicalJsonValue::Array(
+                ids.iter()
+                    .map(|id| self.event_reference(id, with_hashes))
+                    .collect::<Result<_>>()?,
+            ))
+        };
+        let mut content: CanonicalJsonValue = serde_json::from_str(builder.content.get())
+            .map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))?;
+        if let (Some(redacts), CanonicalJsonValue::Object(map)) = (&builder.redacts, &mut content)
+            && rules.redaction.content_field_redacts
+        {
+            map.insert(
+                "redacts".to_owned(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
+        }
+        object.insert("auth_events".to_owned(), refs(&auth_events)?);
+        object.insert("content".to_owned(), content);
+        object.insert(
+            "depth".to_owned(),
+            CanonicalJsonValue::Integer(depth.try_into().map_err(Error::internal)?),
+        );
+        if !rules.redaction.content_field_redacts {
+            object.insert(
+                "origin".to_owned(),
+                CanonicalJsonValue::String(self.globals.server_name().to_string()),
+            );
+        }
+        let ts = builder
+            .timestamp
+            .unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
+        object.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(ts.0.into()),
+        );
+        object.insert("prev_events".to_owned(), refs(&prev_events)?);
+        if let Some(room_id) = room_id
+            && !(is_create && rules.authorization.room_create_event_id_as_room_id)
+        {
+            object.insert(
+                "room_id".to_owned(),
+                CanonicalJsonValue::String(room_id.to_string()),
+            );
+        }
+        object.insert(
+            "sender".to_owned(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
+        if let Some(state_key) = &builder.state_key {
+            object.insert(
+                "state_key".to_owned(),
+                CanonicalJsonValue::String(state_key.clone()),
+            );
+        }
+        object.insert(
+            "type".to_owned(),
+            CanonicalJsonValue::String(builder.event_type.to_string()),
+        );
+        if let Some(redacts) = &builder.redacts
+            && !rules.redaction.content_field_redacts
+        {
+            object.insert(
+                "redacts".to_owned(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
+        }
+        if !unsigned.is_empty() {
+            object.insert("unsigned".to_owned(), CanonicalJsonValue::Object(unsigned));
+        }
+
+        if with_hashes {
+            let id = format!("${}:{}", random_string(18), self.globals.server_name());
+            object.insert("event_id".to_owned(), CanonicalJsonValue::String(id));
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.globals.server_name().as_str(),
+            &self.globals.keypair,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))?;
+        if !with_hashes {
+            let hash = ruma::signatures::reference_hash(&object, &rules)
+                .map_err(|e| Error::too_large(format!("event is too large: {e}")))?;
+            object.insert(
+                "event_id".to_owned(),
+                CanonicalJsonValue::String(format!("${hash}")),
+            );
+        }
+        let pdu = PduEvent::from_canonical(&object)?;
+        if serde_json::to_vec(&object)?.len() > 65_535 {
+            return Err(Error::too_large("Event is larger than 64 KiB"));
+        }
+
+        self.auth_check(&rules, &pdu, &state)?;
+        let room_id = pdu.room_id.clone();
+        if is_create {
+            self.room_info.put(room_id.as_bytes(), version.as_str())?;
+        }
+        self.append_pdu(object, pdu, state_hash, &state, &rules, builder.transaction)
+    }
+
+    /// The room version's authorisation rules, against the state before the event.
+    pub fn auth_check(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &PduEvent,
+        state: &StateMap,
+    ) -> Result<()> {
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+            self.get_pdu(id).ok().flatten()
+        })
+        .map_err(|e| Error::forbidden(format!("Event is not allowed: {e}")))?;
+        state_res::check_state_dependent_auth_rules(
+            &rules.authorization,
+            pdu,
+            |kind: &StateEventType, key: &str| self.state_get(state, kind, key).ok().flatten(),
+        )
+        .map_err(|e| Error::forbidden(format!("Event is not allowed: {e}")))
+    }
+
+    /// Writes an authorised event, its state snapshot and every index in one batch, then
+    /// wakes the users it concerns.
+    fn append_pdu(
+        &self,
+        mut object: CanonicalJsonObject,
+        pdu: PduEvent,
+        state_hash: Option<u64>,
+        state: &StateMap,
+        rules: &RoomVersionRules,
+        transaction: Option<(String, String)>,
+    ) -> Result<Pdu> {
+        let room_id: OwnedRoomId = pdu.room_id.clone();
+        let shortroomid = self.get_or_create_shortroomid(&room_id)?;
+        let shorteventid = self.get_or_create_shorteventid(&pdu.event_id)?;
+        let shortstatekey = match &pdu.state_key {
+            Some(k) => Some(self.get_or_create_shortstatekey(&pdu.state_event_type(), k)?),
+            None => None,
+        };
+        let redaction_target = match &pdu.redacts {
+            Some(target) if pdu.kind == TimelineEventType::RoomRedaction => self
+                .get_pdu_json(target)?
+                .map(|json| (target.clone(), json)),
+            _ => None,
+        };
+        let member_change = self.membership_change(&pdu, state)?;
+        let pdu = Arc::new(pdu);
+
+        // `event_id` is stored with the PDU for every room version so one read serves all.
+        object.insert(
+            "event_id".to_owned(),
+            CanonicalJsonValue::String(pdu.event_id.to_string()),
+        );
+        let json = serde_json::to_vec(&object)?;
+
+        let count = self.db.commit(|c| {
+            let count = c.next_count();
+            let pduid = pair(shortroomid, count);
+            c.put(&self.pdus, pduid, &json);
+            c.put(&self.eventid_pduid, pdu.event_id.as_bytes(), pduid);
+
+            let before = match state_hash {
+                Some(h) => h,
+                None => self.save_state(c, None, StateMap::new())?,
+            };
+            c.put(
+                &self.shorteventid_shortstatehash,
+                u64_key(shorteventid),
+                u64_key(before),
+            );
+            if let Some(shortstatekey) = shortstatekey {
+                let mut after = state.clone();
+                after.insert(shortstatekey, shorteventid);
+                let after = self.save_state(c, Some(before), after)?;
+                c.put(
+                    &self.roomid_shortstatehash,
+                    room_id.as_bytes(),
+                    u64_key(after),
+                );
+            } else if state_hash.is_none() {
+                c.put(
+                    &self.roomid_shortstatehash,
+                    room_id.as_bytes(),
+                    u64_key(before),
+                );
+            }
+
+            for prev in &pdu.prev_events {
+                c.delete(
+                    &self.roomid_forwardextremities,
+                    Self::extremity_key(&room_id, prev),
+                );
+            }
+            c.put(
+                &self.roomid_forwardextremities,
+                Self::extremity_key(&room_id, &pdu.event_id),
+                [],
+            );
+
+            if let Some((device, txn)) = &transaction {
+                for (k, v) in Self::txn_keys(&pdu.sender, device, txn, &pdu.event_id) {
+                    c.put(&self.txnid_eventid, k, v);
+                }
+            }
+            if let Some((target, mut json)) = redaction_target.clone() {
+                let because = serde_json::from_slice(&json_without_unsigned(&object)?)?;
+                redact_in_place(
+                    &mut json,
+                    &rules.redaction,
+                    Some(RedactedBecause::from_json(because)),
+                )
+                .map_err(Error::internal)?;
+                let key = self.eventid_pduid.get(target.as_bytes())?;
+                match key {
+                    Some(k) => c.put(&self.pdus, k, serde_json::to_vec(&json)?),
+                    None => c.put(
+                        &self.eventid_outlierpdu,
+                        target.as_bytes(),
+                        serde_json::to_vec(&json)?,
+                    ),
+                }
+            }
+            self.index_relation(c, &pdu, pduid)?;
+            if let Some(change) = &member_change {
+                self.write_membership(c, &room_id, change, count)?;
+            }
+            self.set_last_count(&room_id, count);
+            Ok(count)
+        })?;
+        if let Some((target, _)) = redaction_target {
+            self.forget_cached(&target);
+        }
+        let _ = count;
+
+        let mut woken = self.joined_members(&room_id)?;
+        if let Some(change) = &member_change {
+            woken.push(change.user_id.clone());
+        }
+        self.notifier.wake_all(woken.iter().map(|u| &**u));
+        Ok(pdu)
+    }
+}
+
+fn json_without_unsigned(object: &CanonicalJsonObject) -> Result<Vec<u8>> {
+    let mut copy = object.clone();
+    copy.remove("unsigned");
+    Ok(serde_json::to_vec(&copy)?)
+}
