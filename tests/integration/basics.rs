@@ -1,0 +1,120 @@
+//! The core path a client walks: register, create a room, invite, join, chat, sync,
+//! survive a restart.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{TestServer, bodies, enc, timeline};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_chat_and_see_each_other_in_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server
+        .create_room(&alice, json!({ "name": "chat", "invite": [bob.user_id] }))
+        .await;
+
+    let bob_sync = server.sync(&bob, None, 0).await;
+    assert!(
+        bob_sync["rooms"]["invite"][&room]["invite_state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name")
+    );
+    server.join(&bob, &room).await;
+
+    server.send_text(&alice, &room, "hello bob").await;
+    server.send_text(&bob, &room, "hello alice").await;
+
+    let sync = server.sync(&alice, None, 0).await;
+    assert_eq!(
+        bodies(&timeline(&sync, &room)),
+        ["hello bob", "hello alice"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_sync_returns_as_soon_as_a_message_arrives() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let since = server.sync(&bob, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let started = Instant::now();
+    let (sync, _) = tokio::join!(server.sync(&bob, Some(&since), 30_000), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.send_text(&alice, &room, "wake up").await
+    });
+    let waited = started.elapsed();
+    assert_eq!(bodies(&timeline(&sync, &room)), ["wake up"]);
+    // Woken by the send, not by the 30 s timeout.
+    assert!(waited < Duration::from_secs(10), "sync took {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server
+        .create_room(&alice, json!({ "name": "persistent" }))
+        .await;
+    for i in 0..25 {
+        server
+            .send_text(&alice, &room, &format!("message {i}"))
+            .await;
+    }
+    let server = server.restart().await;
+
+    let alice = server.login(&alice).await;
+    let sync = server.sync(&alice, None, 0).await;
+    let events = timeline(&sync, &room);
+    assert_eq!(
+        bodies(&events).last().map(String::as_str),
+        Some("message 24")
+    );
+    assert_eq!(sync["rooms"]["join"][&room]["timeline"]["limited"], true);
+
+    // The rest through /messages, back to the room's creation.
+    let mut from = sync["rooms"]["join"][&room]["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut all = bodies(&events);
+    loop {
+        let (status, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=7&from={from}",
+                    enc(&room)
+                ),
+                &alice.token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let chunk: Vec<_> = page["chunk"].as_array().unwrap().iter().collect();
+        let mut older = bodies(&chunk);
+        older.reverse();
+        older.extend(all);
+        all = older;
+        match page["end"].as_str() {
+            Some(end) => from = end.to_owned(),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("message {i}")).collect();
+    assert_eq!(all, expected);
+
+    // Writing still works after the restart.
+    server.send_text(&alice, &room, "after restart").await;
+}

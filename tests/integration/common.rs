@@ -1,0 +1,275 @@
+//! A real server in-process on 127.0.0.1:0 with a temporary RocksDB, and a small HTTP
+//! client that speaks to it the way a Matrix client does.
+
+use std::path::PathBuf;
+
+use conduit::{config::Config, server::RunningServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub base: String,
+    pub dir: TempDir,
+    pub server_name: String,
+    http: reqwest::Client,
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+    pub device_id: String,
+    pub password: String,
+}
+
+pub fn test_config(server_name: &str, path: PathBuf) -> Config {
+    let mut config = Config::with_defaults(server_name, path);
+    config.allow_registration = true;
+    config.rate_limits.enabled = false;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config("localhost", dir.path().join("db"));
+        configure(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    async fn start_in(dir: TempDir, config: Config) -> Self {
+        let server_name = config.server_name.to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = conduit::server::start(config, listener)
+            .await
+            .expect("server starts");
+        let base = format!("http://{}", server.addr);
+        Self {
+            server: Some(server),
+            base,
+            dir,
+            server_name,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the server (graceful shutdown, database flushed) and starts a new one on the
+    /// same database.
+    pub async fn restart(mut self) -> Self {
+        let config = self
+            .server
+            .as_ref()
+            .expect("running")
+            .services
+            .config()
+            .clone();
+        self.server.take().expect("running").stop().await;
+        Self::start_in(self.dir, config).await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.expect("request is answered");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// Sends raw bytes, for malformed-input tests.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let response = req.send().await.expect("request is answered");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Registers through the dummy UIA flow, as clients do.
+    pub async fn register(&self, localpart: &str) -> User {
+        let password = format!("{localpart}-password");
+        let body = json!({ "username": localpart, "password": password });
+        let (status, challenge) = self
+            .request(
+                Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+        let mut body = body;
+        body["auth"] = json!({ "type": "m.login.dummy", "session": challenge["session"] });
+        let (status, response) = self
+            .request(
+                Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        User {
+            user_id: response["user_id"].as_str().expect("user_id").to_owned(),
+            token: response["access_token"].as_str().expect("token").to_owned(),
+            device_id: response["device_id"].as_str().expect("device").to_owned(),
+            password,
+        }
+    }
+
+    pub async fn login(&self, user: &User) -> User {
+        let (status, response) = self
+            .request(
+                Method::POST,
+                "/_matrix/client/v3/login",
+                None,
+                Some(json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": user.user_id },
+                    "password": user.password,
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        User {
+            user_id: user.user_id.clone(),
+            token: response["access_token"].as_str().expect("token").to_owned(),
+            device_id: response["device_id"].as_str().expect("device").to_owned(),
+            password: user.password.clone(),
+        }
+    }
+
+    pub async fn create_room(&self, user: &User, body: Value) -> String {
+        let (status, response) = self
+            .post("/_matrix/client/v3/createRoom", &user.token, body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    pub async fn join(&self, user: &User, room: &str) {
+        let (status, response) = self
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(room)),
+                &user.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+    }
+
+    pub async fn send_text(&self, user: &User, room: &str, body: &str) -> String {
+        let txn = format!("t{}", rand_u64());
+        let (status, response) = self
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room)
+                ),
+                &user.token,
+                json!({ "msgtype": "m.text", "body": body }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    pub async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        let (status, response) = self.get(&path, &user.token).await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response
+    }
+}
+
+/// Percent-encodes a path segment (room ids contain `!` and `:`, aliases `#`).
+pub fn enc(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+pub fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 32
+}
+
+/// The timeline events of `room` in a sync response.
+pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+pub fn bodies(events: &[&Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(ToOwned::to_owned))
+        .collect()
+}
