@@ -35,8 +35,8 @@ where
         let handler = handler.clone();
         async move { handler(services, request).await.map(RumaResponse) }
     };
-    for path in Req::PATH_BUILDER.all_paths() {
-        router = router.route(path, on(filter, h.clone()));
+    for path in all_paths::<Req>() {
+        router = router.route(&path, on(filter, h.clone()));
     }
     router
 }
@@ -56,10 +56,25 @@ where
         let handler = handler.clone();
         async move { handler(services, request).await }
     };
-    for path in Req::PATH_BUILDER.all_paths() {
-        router = router.route(path, on(filter, h.clone()));
+    for path in all_paths::<Req>() {
+        router = router.route(&path, on(filter, h.clone()));
     }
     router
+}
+
+/// ruma's paths, plus the forms clients use for an empty state key: `.../state/{type}` and
+/// `.../state/{type}/` (axum matches no empty segment). The extractor pads missing
+/// trailing path arguments with empty strings.
+fn all_paths<Req: IncomingRequest>() -> Vec<String> {
+    let mut paths = Vec::new();
+    for path in Req::PATH_BUILDER.all_paths() {
+        paths.push(path.to_owned());
+        if let Some(prefix) = path.strip_suffix("/{state_key}") {
+            paths.push(prefix.to_owned());
+            paths.push(format!("{prefix}/"));
+        }
+    }
+    paths
 }
 
 pub fn build(services: Arc<Services>) -> Router {

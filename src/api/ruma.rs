@@ -13,12 +13,13 @@ use http::{Request, header};
 use ruma::{
     OwnedDeviceId, OwnedUserId,
     api::{
-        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+        IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
         auth_scheme::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
             NoAccessToken, NoAuthentication,
         },
         error::{DeserializationError, FromHttpRequestError},
+        path_builder::PathBuilder,
     },
 };
 
@@ -120,6 +121,26 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Endpoints that create events or accounts are limited even where ruma's metadata says
+/// otherwise (Synapse limits message sending too).
+fn rate_limited_path(path: &str) -> bool {
+    [
+        "/send/",
+        "/state/",
+        "/redact/",
+        "/createRoom",
+        "/join",
+        "/invite",
+        "/knock/",
+        "/register",
+        "/login",
+    ]
+    .iter()
+    .any(|p| path.contains(p))
+        && !path.ends_with("/joined_rooms")
+        && !path.ends_with("/joined_members")
+}
+
 pub fn map_parse_error(e: FromHttpRequestError) -> Error {
     match e {
         FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
@@ -157,13 +178,18 @@ where
             .await
             .map_err(|_| Error::too_large("Request body is too large"))?;
 
-        let path_args: Vec<String> = {
+        let mut path_args: Vec<String> = {
             use axum::extract::FromRequestParts;
             match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
                 Ok(Path(args)) => args,
                 Err(_) => vec![],
             }
         };
+        // `/state/{type}` without a state key: the key is empty.
+        let wanted = T::PATH_BUILDER._path_parameters().len();
+        while path_args.len() < wanted {
+            path_args.push(String::new());
+        }
         let client_ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -193,7 +219,7 @@ where
             (None, None)
         };
 
-        if T::RATE_LIMITED {
+        if T::RATE_LIMITED || rate_limited_path(parts.uri.path()) {
             let key = sender_user
                 .as_ref()
                 .map(ToString::to_string)

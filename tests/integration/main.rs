@@ -4,4 +4,6 @@
 #[allow(dead_code)]
 mod common;
 
+mod auth_rules;
 mod basics;
+mod errors;

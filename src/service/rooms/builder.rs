@@ -262,7 +262,12 @@ impl Rooms {
             &mut object,
             &rules.redaction,
         )
-        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))?;
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => {
+                Error::too_large("Event is larger than 64 KiB")
+            }
+            e => Error::bad_json(format!("event cannot be signed: {e}")),
+        })?;
         if !with_hashes {
             let hash = ruma::signatures::reference_hash(&object, &rules)
                 .map_err(|e| Error::too_large(format!("event is too large: {e}")))?;
