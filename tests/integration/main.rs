@@ -7,3 +7,4 @@ mod common;
 mod auth_rules;
 mod basics;
 mod errors;
+mod state_res;

@@ -35,6 +35,8 @@ pub struct PduBuilder {
     pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
     /// `(device_id, txn_id)` of a client send, for idempotency and `unsigned.transaction_id`.
     pub transaction: Option<(String, String)>,
+    /// Explicit `prev_events` (a fork); by default the room's forward extremities.
+    pub prev_events: Option<Vec<OwnedEventId>>,
 }
 
 impl PduBuilder {
@@ -46,6 +48,7 @@ impl PduBuilder {
             redacts: None,
             timestamp: None,
             transaction: None,
+            prev_events: None,
         }
     }
 
@@ -94,45 +97,72 @@ impl Rooms {
         builder: PduBuilder,
     ) -> Result<Pdu> {
         let is_create = builder.event_type == TimelineEventType::RoomCreate;
-        let (version, state_hash, state): (RoomVersionId, Option<u64>, Arc<StateMap>) =
-            match room_id {
-                Some(room_id) if !is_create => {
-                    let version = self
-                        .room_version(room_id)?
-                        .ok_or_else(|| Error::not_found("Unknown room"))?;
-                    let hash = self.current_shortstatehash(room_id)?;
-                    let state = match hash {
-                        Some(h) => self.load_state(h)?,
-                        None => return Err(Error::not_found("Unknown room")),
-                    };
-                    (version, hash, state)
-                }
-                _ => {
-                    #[derive(serde::Deserialize)]
-                    struct Create {
-                        room_version: Option<RoomVersionId>,
+        // The state the event is authorised against: the current state on the fast path
+        // (one forward extremity), else the resolution of the states at its prev_events.
+        let (version, state_hash, state, prev_events): (
+            RoomVersionId,
+            Option<u64>,
+            Arc<StateMap>,
+            Vec<OwnedEventId>,
+        ) = match room_id {
+            Some(room_id) if !is_create => {
+                let version = self
+                    .room_version(room_id)?
+                    .ok_or_else(|| Error::not_found("Unknown room"))?;
+                let extremities = self.forward_extremities(room_id)?;
+                match builder.prev_events.clone() {
+                    Some(prev) if prev != extremities => {
+                        if prev.is_empty() || prev.len() > 20 {
+                            return Err(Error::bad_json("prev_events must list 1 to 20 events"));
+                        }
+                        for id in &prev {
+                            if self.get_pduid(id)?.is_none_or(|(_, _)| {
+                                self.get_pdu(id)
+                                    .ok()
+                                    .flatten()
+                                    .is_none_or(|p| p.room_id != room_id)
+                            }) {
+                                return Err(Error::bad_json(format!(
+                                    "prev_event {id} is not in this room"
+                                )));
+                            }
+                        }
+                        let state = self.state_at_tips(&version, &prev)?;
+                        (version, None, state, prev)
                     }
-                    let create: Create = serde_json::from_str(builder.content.get())
-                        .map_err(|e| Error::bad_json(format!("invalid create content: {e}")))?;
-                    (
-                        create.room_version.unwrap_or(RoomVersionId::V1),
-                        None,
-                        Arc::default(),
-                    )
+                    _ if extremities.len() == 1 => {
+                        let hash = self
+                            .current_shortstatehash(room_id)?
+                            .ok_or_else(|| Error::not_found("Unknown room"))?;
+                        (version, Some(hash), self.load_state(hash)?, extremities)
+                    }
+                    _ => {
+                        let mut prev = extremities;
+                        prev.truncate(20);
+                        let state = self.state_at_tips(&version, &prev)?;
+                        (version, None, state, prev)
+                    }
                 }
-            };
+            }
+            _ => {
+                #[derive(serde::Deserialize)]
+                struct Create {
+                    room_version: Option<RoomVersionId>,
+                }
+                let create: Create = serde_json::from_str(builder.content.get())
+                    .map_err(|e| Error::bad_json(format!("invalid create content: {e}")))?;
+                (
+                    create.room_version.unwrap_or(RoomVersionId::V1),
+                    None,
+                    Arc::default(),
+                    vec![],
+                )
+            }
+        };
         let rules = version
             .rules()
             .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
 
-        let prev_events: Vec<OwnedEventId> = match room_id {
-            Some(room_id) if !is_create => {
-                let mut prev = self.forward_extremities(room_id)?;
-                prev.truncate(20);
-                prev
-            }
-            _ => vec![],
-        };
         let mut depth = 0u64;
         for prev in &prev_events {
             if let Some(pdu) = self.get_pdu(prev)? {
@@ -286,7 +316,15 @@ impl Rooms {
         if is_create {
             self.room_info.put(room_id.as_bytes(), version.as_str())?;
         }
-        self.append_pdu(object, pdu, state_hash, &state, &rules, builder.transaction)
+        self.append_pdu(
+            object,
+            pdu,
+            state_hash,
+            &state,
+            &version,
+            &rules,
+            builder.transaction,
+        )
     }
 
     /// The room version's authorisation rules, against the state before the event.
@@ -316,6 +354,7 @@ impl Rooms {
         pdu: PduEvent,
         state_hash: Option<u64>,
         state: &StateMap,
+        version: &RoomVersionId,
         rules: &RoomVersionRules,
         transaction: Option<(String, String)>,
     ) -> Result<Pdu> {
@@ -335,6 +374,30 @@ impl Rooms {
         let member_change = self.membership_change(&pdu, state)?;
         let pdu = Arc::new(pdu);
 
+        // Tips that stay after this event: where there are others, the room's current state
+        // is the resolution of this event's state with theirs.
+        let other_tips: Vec<OwnedEventId> = if pdu.kind == TimelineEventType::RoomCreate {
+            vec![]
+        } else {
+            self.forward_extremities(&room_id)?
+                .into_iter()
+                .filter(|e| !pdu.prev_events.contains(e))
+                .collect()
+        };
+        let mut state_after = state.clone();
+        if let Some(shortstatekey) = shortstatekey {
+            state_after.insert(shortstatekey, shorteventid);
+        }
+        let current = if other_tips.is_empty() {
+            None
+        } else {
+            let mut states = vec![Arc::new(state_after.clone())];
+            for tip in &other_tips {
+                states.push(self.state_after(tip)?);
+            }
+            Some(self.resolve_states(version, states, Some(&pdu))?)
+        };
+
         // `event_id` is stored with the PDU for every room version so one read serves all.
         object.insert(
             "event_id".to_owned(),
@@ -350,29 +413,30 @@ impl Rooms {
 
             let before = match state_hash {
                 Some(h) => h,
-                None => self.save_state(c, None, StateMap::new())?,
+                None => {
+                    let parent = self.current_shortstatehash(&room_id)?;
+                    self.save_state(c, parent, state.clone())?
+                }
             };
             c.put(
                 &self.shorteventid_shortstatehash,
                 u64_key(shorteventid),
                 u64_key(before),
             );
-            if let Some(shortstatekey) = shortstatekey {
-                let mut after = state.clone();
-                after.insert(shortstatekey, shorteventid);
-                let after = self.save_state(c, Some(before), after)?;
-                c.put(
-                    &self.roomid_shortstatehash,
-                    room_id.as_bytes(),
-                    u64_key(after),
-                );
-            } else if state_hash.is_none() {
-                c.put(
-                    &self.roomid_shortstatehash,
-                    room_id.as_bytes(),
-                    u64_key(before),
-                );
-            }
+            let after = if shortstatekey.is_some() {
+                self.save_state(c, Some(before), state_after.clone())?
+            } else {
+                before
+            };
+            let current = match &current {
+                Some(resolved) => self.save_state(c, Some(after), (**resolved).clone())?,
+                None => after,
+            };
+            c.put(
+                &self.roomid_shortstatehash,
+                room_id.as_bytes(),
+                u64_key(current),
+            );
 
             for prev in &pdu.prev_events {
                 c.delete(
