@@ -21,7 +21,8 @@ use ruma::{
     },
     events::{StateEventType, room::member::MembershipState},
 };
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json, value::RawValue};
 
 use super::{filter, message};
 use crate::{
@@ -35,6 +36,72 @@ use crate::{
         rooms::{Pdu, membership::UserRoom, state::StateMap},
     },
 };
+
+/// The response, built from events already serialised once (`RawValue`), never parsed back.
+#[derive(Serialize)]
+struct SyncResponse {
+    next_batch: String,
+    #[serde(skip_serializing_if = "Rooms::is_empty")]
+    rooms: Rooms,
+    #[serde(skip_serializing_if = "Events::is_empty")]
+    account_data: Events<Value>,
+}
+
+#[derive(Default, Serialize)]
+struct Rooms {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    join: BTreeMap<OwnedRoomId, JoinedRoom>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    invite: BTreeMap<OwnedRoomId, Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    knock: BTreeMap<OwnedRoomId, Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    leave: BTreeMap<OwnedRoomId, LeftRoom>,
+}
+
+impl Rooms {
+    fn is_empty(&self) -> bool {
+        self.join.is_empty()
+            && self.invite.is_empty()
+            && self.knock.is_empty()
+            && self.leave.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct Events<T> {
+    events: Vec<T>,
+}
+
+impl<T> Events<T> {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct Timeline {
+    events: Vec<Box<RawValue>>,
+    limited: bool,
+    prev_batch: String,
+}
+
+#[derive(Serialize)]
+struct JoinedRoom {
+    timeline: Timeline,
+    state: Events<Box<RawValue>>,
+    account_data: Events<Value>,
+    ephemeral: Events<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct LeftRoom {
+    timeline: Timeline,
+    state: Events<Box<RawValue>>,
+    account_data: Events<Value>,
+}
 
 pub fn routes(router: AppRouter) -> AppRouter {
     route_any(router, sync_route)
@@ -111,11 +178,8 @@ async fn sync_route(
     }
 }
 
-fn compute(ctx: &Ctx) -> Result<(Value, bool)> {
-    let mut join = Map::new();
-    let mut invite = Map::new();
-    let mut knock = Map::new();
-    let mut leave = Map::new();
+fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
+    let mut rooms = Rooms::default();
     let room_filter = &ctx.filter.room;
 
     let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
@@ -156,14 +220,14 @@ fn compute(ctx: &Ctx) -> Result<(Value, bool)> {
                 if let Some(room) =
                     joined_room(ctx, &room_id, &record, changed_since, account_data)?
                 {
-                    join.insert(room_id.to_string(), room);
+                    rooms.join.insert(room_id.clone(), room);
                 }
             }
             MembershipState::Invite if changed_since => {
-                invite.insert(room_id.to_string(), json!({ "invite_state": { "events": record.stripped.clone().unwrap_or_default() } }));
+                rooms.invite.insert(room_id.clone(), json!({ "invite_state": { "events": record.stripped.clone().unwrap_or_default() } }));
             }
             MembershipState::Knock if changed_since => {
-                knock.insert(room_id.to_string(), json!({ "knock_state": { "events": record.stripped.clone().unwrap_or_default() } }));
+                rooms.knock.insert(room_id.clone(), json!({ "knock_state": { "events": record.stripped.clone().unwrap_or_default() } }));
             }
             MembershipState::Leave | MembershipState::Ban => {
                 let wanted = match ctx.since {
@@ -171,41 +235,22 @@ fn compute(ctx: &Ctx) -> Result<(Value, bool)> {
                     Some(s) => record.count > s,
                 };
                 if wanted && let Some(room) = left_room(ctx, &room_id, &record, account_data)? {
-                    leave.insert(room_id.to_string(), room);
+                    rooms.leave.insert(room_id.clone(), room);
                 }
             }
             _ => {}
         }
     }
 
-    let has_changes = !(join.is_empty()
-        && invite.is_empty()
-        && knock.is_empty()
-        && leave.is_empty()
-        && global_account_data.is_empty());
-    let mut rooms = Map::new();
-    for (name, section) in [
-        ("join", join),
-        ("invite", invite),
-        ("knock", knock),
-        ("leave", leave),
-    ] {
-        if !section.is_empty() {
-            rooms.insert(name.to_owned(), Value::Object(section));
-        }
-    }
-    let mut response = Map::new();
-    response.insert("next_batch".to_owned(), json!(ctx.token.to_string()));
-    if !rooms.is_empty() {
-        response.insert("rooms".to_owned(), Value::Object(rooms));
-    }
-    if !global_account_data.is_empty() {
-        response.insert(
-            "account_data".to_owned(),
-            json!({ "events": global_account_data }),
-        );
-    }
-    Ok((Value::Object(response), has_changes))
+    let has_changes = !(rooms.is_empty() && global_account_data.is_empty());
+    let response = SyncResponse {
+        next_batch: ctx.token.to_string(),
+        rooms,
+        account_data: Events {
+            events: global_account_data,
+        },
+    };
+    Ok((response, has_changes))
 }
 
 fn timeline_limit(filter: &RoomEventFilter) -> usize {
@@ -256,7 +301,7 @@ fn timeline(
     Ok((events, limited))
 }
 
-fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec<Value>> {
+fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec<Box<RawValue>>> {
     events
         .into_iter()
         .map(|pdu| {
@@ -264,9 +309,7 @@ fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec
                 .services
                 .rooms
                 .transaction_id_for(&pdu, ctx.user, ctx.device)?;
-            Ok(serde_json::from_str(
-                pdu.to_client_json(txn.as_deref()).get(),
-            )?)
+            Ok(pdu.to_client_json(txn.as_deref()))
         })
         .collect()
 }
@@ -373,7 +416,7 @@ fn joined_room(
     record: &UserRoom,
     newly_joined: bool,
     account_data: Vec<Value>,
-) -> Result<Option<Value>> {
+) -> Result<Option<JoinedRoom>> {
     let services = ctx.services;
     let since = if newly_joined {
         0
@@ -400,20 +443,27 @@ fn joined_room(
         .first()
         .map(|(count, _)| count.saturating_sub(1))
         .unwrap_or(ctx.token);
-    let mut room = json!({
-        "timeline": {
-            "events": client_events(ctx, events.iter().map(|(_, p)| p.clone()))?,
-            "limited": limited,
-            "prev_batch": prev_batch.to_string(),
+    let summary =
+        if full || events.iter().any(|(_, p)| filter::is_member_event(p)) || record.count > since {
+            Some(summary(ctx, room_id)?)
+        } else {
+            None
+        };
+    Ok(Some(JoinedRoom {
+        timeline: Timeline {
+            events: client_events(ctx, events.into_iter().map(|(_, p)| p))?,
+            limited,
+            prev_batch: prev_batch.to_string(),
         },
-        "state": { "events": client_events(ctx, state)? },
-        "account_data": { "events": account_data },
-        "ephemeral": { "events": [] },
-    });
-    if full || events.iter().any(|(_, p)| filter::is_member_event(p)) || record.count > since {
-        room["summary"] = summary(ctx, room_id)?;
-    }
-    Ok(Some(room))
+        state: Events {
+            events: client_events(ctx, state)?,
+        },
+        account_data: Events {
+            events: account_data,
+        },
+        ephemeral: Events { events: vec![] },
+        summary,
+    }))
 }
 
 fn left_room(
@@ -421,7 +471,7 @@ fn left_room(
     room_id: &RoomId,
     record: &UserRoom,
     account_data: Vec<Value>,
-) -> Result<Option<Value>> {
+) -> Result<Option<LeftRoom>> {
     let since = ctx.since.unwrap_or(0);
     let limit = timeline_limit(&ctx.filter.room.timeline);
     let until = record.count.min(ctx.token);
@@ -435,13 +485,17 @@ fn left_room(
         .first()
         .map(|(count, _)| count.saturating_sub(1))
         .unwrap_or(until);
-    Ok(Some(json!({
-        "timeline": {
-            "events": client_events(ctx, events.iter().map(|(_, p)| p.clone()))?,
-            "limited": limited,
-            "prev_batch": prev_batch.to_string(),
+    Ok(Some(LeftRoom {
+        timeline: Timeline {
+            events: client_events(ctx, events.into_iter().map(|(_, p)| p))?,
+            limited,
+            prev_batch: prev_batch.to_string(),
         },
-        "state": { "events": client_events(ctx, state)? },
-        "account_data": { "events": account_data },
-    })))
+        state: Events {
+            events: client_events(ctx, state)?,
+        },
+        account_data: Events {
+            events: account_data,
+        },
+    }))
 }
