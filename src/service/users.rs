@@ -67,6 +67,12 @@ pub struct Users {
     token_device: Table,
     refreshtoken_device: Table,
     token_lifetime_ms: u64,
+    hashing: tokio::sync::Semaphore,
+}
+
+fn argon2() -> Argon2<'static> {
+    let params = argon2::Params::new(7 * 1024, 5, 1, None).expect("valid argon2 parameters");
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
 fn token_hash(token: &str) -> String {
@@ -83,6 +89,9 @@ impl Users {
             token_device: db.table("token_device"),
             refreshtoken_device: db.table("refreshtoken_device"),
             token_lifetime_ms,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -116,12 +125,15 @@ impl Users {
         Ok(record)
     }
 
-    /// Argon2id with the crate's defaults (19 MiB, 2 passes): slow on purpose, so it runs
-    /// off the async workers.
-    pub async fn hash_password(password: String) -> Result<String> {
+    /// Argon2id at OWASP's 7 MiB / 5 passes setting (as strong as the 19 MiB / 2 passes
+    /// default, with a third of the memory). Slow on purpose, so it runs off the async
+    /// workers, at most one per core at a time: memory stays bounded under a burst of
+    /// logins.
+    pub async fn hash_password(&self, password: String) -> Result<String> {
+        let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            Argon2::default()
+            argon2()
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(Error::internal)
@@ -149,7 +161,7 @@ impl Users {
 
     pub async fn create(&self, user_id: &UserId, password: Option<String>) -> Result<()> {
         let password_hash = match password {
-            Some(p) => Some(Self::hash_password(p).await?),
+            Some(p) => Some(self.hash_password(p).await?),
             None => None,
         };
         self.put(
@@ -164,7 +176,7 @@ impl Users {
     }
 
     pub async fn set_password(&self, user_id: &UserId, password: String) -> Result<()> {
-        let hash = Self::hash_password(password).await?;
+        let hash = self.hash_password(password).await?;
         self.update(user_id, |u| u.password_hash = Some(hash))?;
         Ok(())
     }
