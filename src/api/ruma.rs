@@ -199,12 +199,11 @@ where
             match access_token(&parts) {
                 Some(token) => match services.users.find_token(&token)? {
                     TokenLookup::Valid(user, device) => {
-                        if !services.users.is_active(&user)? {
-                            return Err(Error::unknown_token(false));
-                        }
+                        // Deactivation removes every device, so a valid token means an
+                        // active account.
                         services
                             .users
-                            .touch_device(&user, device.as_str(), client_ip.clone())?;
+                            .touch_device(&user, &device, client_ip.clone())?;
                         (Some(user), Some(device))
                     }
                     TokenLookup::Expired => return Err(Error::unknown_token(true)),

@@ -68,7 +68,13 @@ pub struct Users {
     refreshtoken_device: Table,
     token_lifetime_ms: u64,
     hashing: tokio::sync::Semaphore,
+    /// Token hash -> owner: every authenticated request looks its token up.
+    token_cache: std::sync::Mutex<std::collections::HashMap<String, TokenRecord>>,
+    /// (user, device) -> when "last seen" was last written.
+    last_touch: std::sync::Mutex<std::collections::HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
 }
+
+const TOKEN_CACHE_ENTRIES: usize = 100_000;
 
 fn argon2() -> Argon2<'static> {
     let params = argon2::Params::new(7 * 1024, 5, 1, None).expect("valid argon2 parameters");
@@ -89,6 +95,8 @@ impl Users {
             token_device: db.table("token_device"),
             refreshtoken_device: db.table("refreshtoken_device"),
             token_lifetime_ms,
+            token_cache: Default::default(),
+            last_touch: Default::default(),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -268,6 +276,9 @@ impl Users {
         };
         let record = serde_json::to_vec(&record)?;
         let device_json = serde_json::to_vec(device)?;
+        if let Some(old) = old {
+            self.forget_tokens(old);
+        }
         self.db.write(|b| {
             if let Some(old) = old {
                 b.delete(&self.token_device, old.token_hash.as_bytes());
@@ -323,6 +334,7 @@ impl Users {
         let Some(device) = self.device(user_id, device_id)? else {
             return Ok(());
         };
+        self.forget_tokens(&device);
         self.db.write(|b| {
             b.delete(&self.token_device, device.token_hash.as_bytes());
             if let Some(r) = &device.refresh_hash {
@@ -341,24 +353,37 @@ impl Users {
         Ok(())
     }
 
+    fn forget_tokens(&self, device: &Device) {
+        let mut cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(&device.token_hash);
+    }
+
     pub fn touch_device(
         &self,
         user_id: &UserId,
-        device_id: &str,
+        device_id: &OwnedDeviceId,
         ip: Option<String>,
     ) -> Result<()> {
         // Written at most once a minute per device: this runs on every request.
+        let now = now_ms();
+        {
+            let mut touched = self.last_touch.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (user_id.to_owned(), device_id.clone());
+            if touched
+                .get(&key)
+                .is_some_and(|t| now.saturating_sub(*t) < 60_000)
+            {
+                return Ok(());
+            }
+            if touched.len() >= TOKEN_CACHE_ENTRIES {
+                touched.clear();
+            }
+            touched.insert(key, now);
+        }
+        let device_id = device_id.as_str();
         let Some(mut device) = self.device(user_id, device_id)? else {
             return Ok(());
         };
-        let now = now_ms();
-        if device
-            .last_seen_ts
-            .is_some_and(|t| now.saturating_sub(t) < 60_000)
-            && device.last_seen_ip == ip
-        {
-            return Ok(());
-        }
         device.last_seen_ts = Some(now);
         device.last_seen_ip = ip;
         self.devices.put(
