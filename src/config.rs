@@ -21,6 +21,9 @@ pub struct Config {
     /// Kept for Conduit compatibility; only `rocksdb` is supported.
     #[serde(default = "default_database_backend")]
     pub database_backend: String,
+    /// RocksDB block cache, in MiB (Conduit's key). Memory grows into it only as data is read.
+    #[serde(default = "default_db_cache_capacity_mb")]
+    pub db_cache_capacity_mb: f64,
     #[serde(default = "default_address")]
     pub address: IpAddr,
     #[serde(default = "default_port")]
@@ -96,6 +99,9 @@ fn default_database_path() -> PathBuf {
 }
 fn default_database_backend() -> String {
     "rocksdb".to_owned()
+}
+fn default_db_cache_capacity_mb() -> f64 {
+    32.0
 }
 fn default_address() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])

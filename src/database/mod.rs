@@ -70,8 +70,8 @@ pub struct Database {
 const COUNTER_KEY: &[u8] = b"counter";
 
 impl Database {
-    pub fn open(path: &Path) -> Result<Arc<Self>> {
-        let cache = Cache::new_lru_cache(64 * 1024 * 1024);
+    pub fn open(path: &Path, cache_mb: f64) -> Result<Arc<Self>> {
+        let cache = Cache::new_lru_cache((cache_mb.max(1.0) * 1024.0 * 1024.0) as usize);
         let mut block = BlockBasedOptions::default();
         block.set_block_cache(&cache);
         block.set_bloom_filter(10.0, false);
@@ -80,7 +80,9 @@ impl Database {
         let mut table_opts = Options::default();
         table_opts.set_block_based_table_factory(&block);
         table_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        table_opts.set_write_buffer_size(4 * 1024 * 1024);
+        // Many small tables: small memtables (arena blocks are an eighth of this) keep an
+        // idle server's memory low; the shared budget below bounds the total.
+        table_opts.set_write_buffer_size(2 * 1024 * 1024);
 
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -89,7 +91,7 @@ impl Database {
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(64 * 1024 * 1024);
         // Several small tables share the memtable budget instead of each getting its own.
-        db_opts.set_db_write_buffer_size(32 * 1024 * 1024);
+        db_opts.set_db_write_buffer_size(16 * 1024 * 1024);
 
         let cfs = TABLES
             .iter()

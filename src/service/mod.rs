@@ -27,7 +27,7 @@ pub struct Services {
 
 impl Services {
     pub fn build(config: Config) -> Result<Arc<Self>> {
-        let db = Database::open(&config.database_path)?;
+        let db = Database::open(&config.database_path, config.db_cache_capacity_mb)?;
         let globals = Arc::new(globals::Globals::new(config.clone(), &db)?);
         let notifier = Arc::new(notifier::Notifier::default());
         Ok(Arc::new(Self {
