@@ -118,3 +118,42 @@ async fn history_survives_a_restart() {
     // Writing still works after the restart.
     server.send_text(&alice, &room, "after restart").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_hides_history_from_before_joining_when_visibility_is_joined() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "joined" } }] }),
+        )
+        .await;
+    server.send_text(&alice, &room, "before bob").await;
+    server.join(&bob, &room).await;
+    server.send_text(&alice, &room, "after bob").await;
+
+    let sync = server.sync(&bob, None, 0).await;
+    assert_eq!(bodies(&timeline(&sync, &room)), ["after bob"]);
+    let (_, page) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(&room)
+            ),
+            &bob.token,
+        )
+        .await;
+    let chunk: Vec<_> = page["chunk"].as_array().unwrap().iter().collect();
+    assert_eq!(bodies(&chunk), ["after bob"]);
+
+    // With `shared`, the same history is visible.
+    let room2 = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.send_text(&alice, &room2, "before bob").await;
+    server.join(&bob, &room2).await;
+    let sync = server.sync(&bob, None, 0).await;
+    assert_eq!(bodies(&timeline(&sync, &room2)), ["before bob"]);
+}

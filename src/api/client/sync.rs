@@ -263,14 +263,19 @@ fn timeline_limit(filter: &RoomEventFilter) -> usize {
 
 /// Events of the room in `(since, until]` that pass the timeline filter, at most `limit`
 /// (the newest), oldest first; and whether older ones were left out.
+/// Events before stream position `check_before` (the user's join) pass the history
+/// visibility rules first; the scan stops at the first hidden one, as everything older is
+/// as hidden under `joined` and `invited`, and `/messages` can still page further.
 fn timeline(
     ctx: &Ctx,
     room_id: &RoomId,
     since: u64,
     until: u64,
     limit: usize,
+    check_before: u64,
 ) -> Result<(Vec<(u64, Pdu)>, bool)> {
     let tl_filter = &ctx.filter.room.timeline;
+    let mut visibility = None;
     let mut events = Vec::new();
     let mut cursor = until.saturating_add(1);
     let mut limited = false;
@@ -286,6 +291,20 @@ fn timeline(
             cursor = count;
             if count <= since {
                 break 'outer;
+            }
+            if count < check_before {
+                let v = match &mut visibility {
+                    Some(v) => v,
+                    None => visibility.insert(message::Visibility::new(
+                        ctx.services,
+                        ctx.user,
+                        room_id,
+                    )?),
+                };
+                if !v.can_see(&pdu)? {
+                    limited = true;
+                    break 'outer;
+                }
             }
             if !filter::matches(tl_filter, &pdu) {
                 continue;
@@ -431,7 +450,7 @@ fn joined_room(
     let (events, limited) = if quiet {
         (vec![], false)
     } else {
-        timeline(ctx, room_id, since, ctx.token, limit)?
+        timeline(ctx, room_id, since, ctx.token, limit, record.count)?
     };
     let full = newly_joined || ctx.full_state || ctx.since.is_none();
     let state = if full || limited {
@@ -475,7 +494,7 @@ fn left_room(
     let since = ctx.since.unwrap_or(0);
     let limit = timeline_limit(&ctx.filter.room.timeline);
     let until = record.count.min(ctx.token);
-    let (events, limited) = timeline(ctx, room_id, since, until, limit)?;
+    let (events, limited) = timeline(ctx, room_id, since, until, limit, u64::MAX)?;
     let state = if limited || ctx.since.is_none() {
         state_section(ctx, room_id, &events, until, ctx.since.is_none())?
     } else {
