@@ -6,5 +6,6 @@ mod common;
 
 mod auth_rules;
 mod basics;
+mod discovery;
 mod errors;
 mod state_res;
