@@ -6,6 +6,7 @@ mod common;
 
 mod auth_rules;
 mod basics;
+mod crash;
 mod discovery;
 mod errors;
 mod state_res;
