@@ -7,7 +7,10 @@ use ruma::{
     OwnedDeviceId, OwnedUserId, UserId,
     api::client::{
         account::ThirdPartyIdRemovalStatus,
-        account::{change_password, deactivate, get_username_availability, register, whoami},
+        account::{
+            change_password, check_registration_token_validity, deactivate,
+            get_username_availability, register, whoami,
+        },
         session::{get_login_types, login, logout, logout_all, refresh_token},
     },
 };
@@ -32,6 +35,7 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = route(router, whoami_route);
     let router = route(router, refresh_route);
     let router = route(router, change_password_route);
+    let router = route(router, token_validity_route);
     route(router, deactivate_route)
 }
 
@@ -379,5 +383,17 @@ async fn deactivate_route(
     })?;
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
+    ))
+}
+
+async fn token_validity_route(
+    services: Arc<Services>,
+    body: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<check_registration_token_validity::v1::Response> {
+    let Some(expected) = &services.config().registration_token else {
+        return Err(Error::forbidden("Registration with tokens is not enabled"));
+    };
+    Ok(check_registration_token_validity::v1::Response::new(
+        &body.body.token == expected,
     ))
 }

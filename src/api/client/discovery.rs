@@ -33,6 +33,7 @@ const VERSIONS: &[&str] = &[
 pub fn routes(router: AppRouter) -> AppRouter {
     let router = route(router, versions_route);
     let router = route(router, capabilities_route);
+    let router = route(router, protocols_route);
     router
         .route("/.well-known/matrix/client", get(well_known_client))
         .route("/.well-known/matrix/server", get(well_known_server))
@@ -64,6 +65,14 @@ async fn capabilities_route(
     capabilities.set_avatar_url.enabled = true;
     capabilities.thirdparty_id_changes.enabled = false;
     Ok(get_capabilities::v3::Response::new(capabilities))
+}
+
+/// No application-service bridges run here, so no third-party protocols are offered.
+async fn protocols_route(
+    _: Arc<Services>,
+    _: Ruma<ruma::api::client::thirdparty::get_protocols::v3::Request>,
+) -> Result<ruma::api::client::thirdparty::get_protocols::v3::Response> {
+    Ok(ruma::api::client::thirdparty::get_protocols::v3::Response::new(BTreeMap::new()))
 }
 
 async fn well_known_client(State(services): State<Arc<Services>>) -> Result<Json<Value>> {
