@@ -289,6 +289,19 @@ async fn registration_respects_config() {
         c.registration_token = Some("letmein".to_owned());
     })
     .await;
+    let validity = "/_matrix/client/v1/register/m.login.registration_token/validity?token=";
+    let (status, body) = server
+        .request(Method::GET, &format!("{validity}letmein"), None, None)
+        .await;
+    assert_eq!(
+        (status, body["valid"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{body}"
+    );
+    let (_, body) = server
+        .request(Method::GET, &format!("{validity}nope"), None, None)
+        .await;
+    assert_eq!(body["valid"], false);
     let (status, body) = server
         .request(
             Method::POST,
