@@ -157,3 +157,40 @@ async fn sync_hides_history_from_before_joining_when_visibility_is_joined() {
     let sync = server.sync(&bob, None, 0).await;
     assert_eq!(bodies(&timeline(&sync, &room2)), ["before bob"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_event_that_keeps_the_membership_is_not_a_rejoin() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({ "name": "r" })).await;
+    let since = server.sync(&alice, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A join -> join member event (what a profile change sends).
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&alice.user_id)
+    );
+    let (status, body) = server
+        .put(
+            &path,
+            &alice.token,
+            json!({ "membership": "join", "displayname": "Alice A." }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let sync = server.sync(&alice, Some(&since), 0).await;
+    let joined = &sync["rooms"]["join"][&room];
+    let events = joined["timeline"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "only the new member event: {joined}");
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert_eq!(
+        joined["state"]["events"],
+        json!([]),
+        "no state resent: {joined}"
+    );
+}

@@ -105,6 +105,12 @@ impl Rooms {
         change: &MembershipChange,
         count: u64,
     ) -> Result<()> {
+        // A member event that keeps the membership (a profile change) is not a new join:
+        // keep the position of the change, or `/sync` would resend the room whole.
+        let count = match self.user_room(&change.user_id, room_id)? {
+            Some(previous) if previous.membership == change.membership => previous.count,
+            _ => count,
+        };
         let record = UserRoom {
             membership: change.membership.clone(),
             count,
