@@ -194,3 +194,59 @@ async fn a_member_event_that_keeps_the_membership_is_not_a_rejoin() {
         "no state resent: {joined}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_loading_sends_the_member_events_of_new_senders() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&carol, &room).await;
+    for i in 0..5 {
+        server.send_text(&alice, &room, &format!("m{i}")).await;
+    }
+    server.join(&bob, &room).await;
+    let filter = enc(
+        &json!({ "room": { "timeline": { "limit": 2 }, "state": { "lazy_load_members": true } } })
+            .to_string(),
+    );
+
+    let (_, initial) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?filter={filter}"),
+            &bob.token,
+        )
+        .await;
+    let members = |sync: &serde_json::Value| -> Vec<String> {
+        let mut m: Vec<String> = sync["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect();
+        m.sort();
+        m
+    };
+    // Timeline: alice's last message and bob's join; state: alice only (bob's own member
+    // event is in the timeline); carol is not loaded.
+    assert!(!members(&initial).contains(&carol.user_id), "{initial}");
+    assert!(members(&initial).contains(&alice.user_id), "{initial}");
+
+    server.send_text(&carol, &room, "hi from carol").await;
+    let since = initial["next_batch"].as_str().unwrap();
+    let (_, next) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?filter={filter}&since={since}"),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(bodies(&timeline(&next, &room)), ["hi from carol"]);
+    assert!(
+        members(&next).contains(&carol.user_id),
+        "carol's member event comes with her message: {next}"
+    );
+}

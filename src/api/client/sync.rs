@@ -335,12 +335,16 @@ fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec
 
 /// The state section: everything the client needs to know about the room's state at the
 /// start of the timeline and does not know yet.
+/// With lazy-loaded members, the member events of timeline senders (and the user's own)
+/// are always sent, even on a sync that otherwise sends no state: the client may never
+/// have received them. Other member events are left out.
 fn state_section(
     ctx: &Ctx,
     room_id: &RoomId,
     timeline: &[(u64, Pdu)],
     end_count: u64,
     full: bool,
+    senders_only: bool,
 ) -> Result<Vec<Pdu>> {
     let services = ctx.services;
     let state_filter = &ctx.filter.room.state;
@@ -353,31 +357,49 @@ fn state_section(
         None => message::state_at_count(services, room_id, end_count)?,
     };
     let in_timeline: HashSet<_> = timeline.iter().map(|(_, p)| p.event_id.clone()).collect();
+    let mut wanted_members = HashSet::new();
+    if lazy {
+        let senders = timeline
+            .iter()
+            .map(|(_, p)| p.sender.as_str())
+            .chain([ctx.user.as_str()]);
+        for sender in senders {
+            if let Some(short) = services
+                .rooms
+                .get_shortstatekey(&StateEventType::RoomMember, sender)?
+            {
+                wanted_members.insert(short);
+            }
+        }
+    }
+    let entries: Vec<(u64, u64)> = if senders_only {
+        wanted_members
+            .iter()
+            .filter_map(|k| start_state.get(k).map(|e| (*k, *e)))
+            .collect()
+    } else {
+        start_state.iter().map(|(k, e)| (*k, *e)).collect()
+    };
     let since_state = match (full, ctx.since) {
-        (false, Some(since)) => Some(message::state_at_count(services, room_id, since)?),
+        (false, Some(since)) if !senders_only => {
+            Some(message::state_at_count(services, room_id, since)?)
+        }
         _ => None,
     };
-    let senders: HashSet<String> = timeline.iter().map(|(_, p)| p.sender.to_string()).collect();
-    let member_key = |short: u64| -> Result<Option<String>> {
-        let (kind, key) = services.rooms.get_statekey(short)?;
-        Ok((kind == StateEventType::RoomMember).then_some(key))
-    };
     let mut out = Vec::new();
-    for (short_key, short_event) in start_state.iter() {
-        if since_state
-            .as_ref()
-            .is_some_and(|s| s.get(short_key) == Some(short_event))
+    for (short_key, short_event) in entries {
+        let wanted_member = wanted_members.contains(&short_key);
+        if lazy && !wanted_member && services.rooms.is_member_statekey(short_key)? {
+            continue;
+        }
+        if !wanted_member
+            && since_state
+                .as_ref()
+                .is_some_and(|s| s.get(&short_key) == Some(&short_event))
         {
             continue;
         }
-        if lazy
-            && let Some(member) = member_key(*short_key)?
-            && member != ctx.user.as_str()
-            && !senders.contains(&member)
-        {
-            continue;
-        }
-        let event_id = services.rooms.get_eventid(*short_event)?;
+        let event_id = services.rooms.get_eventid(short_event)?;
         if in_timeline.contains(&event_id) {
             continue;
         }
@@ -454,7 +476,9 @@ fn joined_room(
     };
     let full = newly_joined || ctx.full_state || ctx.since.is_none();
     let state = if full || limited {
-        state_section(ctx, room_id, &events, ctx.token, full)?
+        state_section(ctx, room_id, &events, ctx.token, full, false)?
+    } else if !events.is_empty() && ctx.filter.room.state.lazy_load_options.is_disabled().not() {
+        state_section(ctx, room_id, &events, ctx.token, false, true)?
     } else {
         vec![]
     };
@@ -496,7 +520,7 @@ fn left_room(
     let until = record.count.min(ctx.token);
     let (events, limited) = timeline(ctx, room_id, since, until, limit, u64::MAX)?;
     let state = if limited || ctx.since.is_none() {
-        state_section(ctx, room_id, &events, until, ctx.since.is_none())?
+        state_section(ctx, room_id, &events, until, ctx.since.is_none(), false)?
     } else {
         vec![]
     };

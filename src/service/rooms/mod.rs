@@ -62,6 +62,7 @@ pub struct Rooms {
     last_count: RwLock<HashMap<OwnedRoomId, u64>>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     versions: RwLock<HashMap<OwnedRoomId, RoomVersionId>>,
+    member_keys: RwLock<HashMap<u64, bool>>,
 }
 
 impl Rooms {
@@ -103,6 +104,7 @@ impl Rooms {
             last_count: RwLock::default(),
             room_locks: Mutex::default(),
             versions: RwLock::default(),
+            member_keys: RwLock::default(),
         })
     }
 

@@ -107,6 +107,25 @@ impl Rooms {
         Ok((kind.into(), state_key))
     }
 
+    /// Whether a short state key is an `m.room.member` key (cached: the mapping never changes).
+    pub fn is_member_statekey(&self, short: u64) -> Result<bool> {
+        if let Some(is_member) = self
+            .member_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&short)
+        {
+            return Ok(*is_member);
+        }
+        let is_member = self.get_statekey(short)?.0 == StateEventType::RoomMember;
+        let mut cache = self.member_keys.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 1_000_000 {
+            cache.clear();
+        }
+        cache.insert(short, is_member);
+        Ok(is_member)
+    }
+
     pub fn get_or_create_shortroomid(&self, room_id: &RoomId) -> Result<u64> {
         if let Some(short) = self.roomid_shortroomid.get(room_id.as_bytes())? {
             return Ok(to_u64(&short));
