@@ -90,8 +90,8 @@ struct Timeline {
 struct JoinedRoom {
     timeline: Timeline,
     state: Events<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Events::is_empty")]
     account_data: Events<Value>,
-    ephemeral: Events<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     summary: Option<Value>,
 }
@@ -100,6 +100,7 @@ struct JoinedRoom {
 struct LeftRoom {
     timeline: Timeline,
     state: Events<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Events::is_empty")]
     account_data: Events<Value>,
 }
 
@@ -504,7 +505,6 @@ fn joined_room(
         account_data: Events {
             events: account_data,
         },
-        ephemeral: Events { events: vec![] },
         summary,
     }))
 }
