@@ -208,3 +208,75 @@ async fn kill_9_loses_no_acknowledged_message() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_promptly_with_a_long_poll_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = spawn(dir.path()).await;
+    let register =
+        json!({ "username": "term", "password": "pw", "auth": { "type": "m.login.dummy" } });
+    let (_, user) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/_matrix/client/v3/register", server.base),
+        None,
+        register,
+    )
+    .await
+    .unwrap();
+    let token = user["access_token"].as_str().unwrap().to_owned();
+    let (_, first) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{}/_matrix/client/v3/sync", server.base),
+        Some(&token),
+        Value::Null,
+    )
+    .await
+    .unwrap();
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let poll = {
+        let (http, url) = (
+            http.clone(),
+            format!(
+                "{}/_matrix/client/v3/sync?timeout=60000&since={since}",
+                server.base
+            ),
+        );
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "clean exit: {exit:?}");
+    // The waiting sync was answered, not cut off.
+    assert_eq!(poll.await.unwrap().expect("answered"), StatusCode::OK);
+
+    // The database closed cleanly and opens again.
+    let mut again = spawn(dir.path()).await;
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
+}
