@@ -101,10 +101,28 @@ pub fn build(services: Arc<Services>) -> Router {
                     header::HeaderName::from_static("x-requested-with"),
                 ]),
         )
+        .layer(axum::middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             Error::unknown("Internal server error").into_response()
         }))
         .with_state(services)
+}
+
+/// Method, path, status and time at `debug`. The query string is never logged: it may hold
+/// an `access_token`.
+async fn log_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    response
 }
 
 async fn unrecognized(method: Method) -> axum::response::Response {
