@@ -160,3 +160,45 @@ async fn cors_headers_for_web_clients() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_default_to_the_server_ruleset() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    for path in [
+        "/_matrix/client/v3/pushrules/",
+        "/_matrix/client/v3/pushrules/global/",
+    ] {
+        let (status, rules) = server.get(path, &alice.token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {rules}");
+        let global = if rules.get("global").is_some() {
+            &rules["global"]
+        } else {
+            &rules
+        };
+        let ids: Vec<&str> = global["override"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule_id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&".m.rule.master"), "{rules}");
+        let at = |id: &str| {
+            ids.iter()
+                .position(|r| *r == id)
+                .unwrap_or_else(|| panic!("{id} missing: {ids:?}"))
+        };
+        assert_eq!(
+            at(".m.rule.contains_display_name"),
+            at(".m.rule.is_user_mention") + 1
+        );
+        assert_eq!(at(".m.rule.roomnotif"), at(".m.rule.is_room_mention") + 1);
+        assert!(
+            global["underride"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["rule_id"] == ".m.rule.message")
+        );
+    }
+}
