@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod filter;
 pub mod membership;
 pub mod message;
+pub mod profile;
 pub mod room;
 pub mod sync;
 
@@ -17,5 +18,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = membership::routes(router);
     let router = message::routes(router);
     let router = filter::routes(router);
+    let router = profile::routes(router);
     sync::routes(router)
 }
