@@ -4,5 +4,6 @@
 #[allow(dead_code)]
 mod common;
 
+mod account_data;
 mod basics;
 mod profile;

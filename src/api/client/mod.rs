@@ -3,6 +3,7 @@
 use super::router::AppRouter;
 
 pub mod account;
+pub mod account_data;
 pub mod discovery;
 pub mod filter;
 pub mod membership;
@@ -19,5 +20,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = message::routes(router);
     let router = filter::routes(router);
     let router = profile::routes(router);
+    let router = account_data::routes(router);
     sync::routes(router)
 }
