@@ -6,4 +6,5 @@ mod common;
 
 mod account_data;
 mod basics;
+mod device;
 mod profile;
