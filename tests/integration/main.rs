@@ -7,4 +7,5 @@ mod common;
 mod account_data;
 mod basics;
 mod device;
+mod directory;
 mod profile;

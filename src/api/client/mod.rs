@@ -5,6 +5,7 @@ use super::router::AppRouter;
 pub mod account;
 pub mod account_data;
 pub mod device;
+pub mod directory;
 pub mod discovery;
 pub mod filter;
 pub mod membership;
@@ -22,6 +23,7 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = filter::routes(router);
     let router = profile::routes(router);
     let router = account_data::routes(router);
+    let router = directory::routes(router);
     let router = device::routes(router);
     sync::routes(router)
 }
