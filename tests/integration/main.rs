@@ -9,3 +9,4 @@ mod basics;
 mod device;
 mod directory;
 mod profile;
+mod relations;

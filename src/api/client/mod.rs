@@ -11,6 +11,7 @@ pub mod filter;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod relations;
 pub mod room;
 pub mod sync;
 
@@ -25,5 +26,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = account_data::routes(router);
     let router = directory::routes(router);
     let router = device::routes(router);
+    let router = relations::routes(router);
     sync::routes(router)
 }
