@@ -4,9 +4,14 @@
 #[allow(dead_code)]
 mod common;
 
+mod account_data;
 mod auth_rules;
 mod basics;
 mod crash;
+mod device;
+mod directory;
 mod discovery;
 mod errors;
+mod profile;
+mod relations;
 mod state_res;

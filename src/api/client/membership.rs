@@ -363,8 +363,8 @@ async fn joined_rooms_route(
     ))
 }
 
-/// Members may read the member list; so may former members (as of when they left), and
-/// anyone when history is world-readable.
+/// Joined members may read the member list, and anyone when history is world-readable.
+/// (Synapse also lets former members read it as of when they left; not done yet.)
 pub fn check_can_see_room(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<()> {
     match services.rooms.membership(user_id, room_id)? {
         Some(MembershipState::Join) => Ok(()),

@@ -3,11 +3,16 @@
 use super::router::AppRouter;
 
 pub mod account;
+pub mod account_data;
+pub mod device;
+pub mod directory;
 pub mod discovery;
 pub mod filter;
 pub mod membership;
 pub mod message;
 pub mod push;
+pub mod profile;
+pub mod relations;
 pub mod room;
 pub mod sync;
 
@@ -19,5 +24,10 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = message::routes(router);
     let router = filter::routes(router);
     let router = push::routes(router);
+    let router = profile::routes(router);
+    let router = account_data::routes(router);
+    let router = directory::routes(router);
+    let router = device::routes(router);
+    let router = relations::routes(router);
     sync::routes(router)
 }

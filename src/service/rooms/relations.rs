@@ -1,6 +1,8 @@
 //! Relations (`m.relates_to`): threads, edits, reactions, replies. Indexed by parent event so
 //! `/relations` and `/threads` are range scans.
 
+use std::collections::HashSet;
+
 use ruma::{EventId, RoomId};
 use serde::Deserialize;
 
@@ -78,6 +80,42 @@ impl Rooms {
                 ));
             }
         }
+        Ok(out)
+    }
+
+    /// Events of `room_id` relating to `parent` and, up to `max_depth` levels down, events
+    /// relating to those: `(count, rel_type, event)`, oldest first. Only events whose
+    /// content still holds the relation count: a redaction strips `m.relates_to` from the
+    /// stored event but leaves its index entry behind.
+    pub fn relations_recursive(
+        &self,
+        room_id: &RoomId,
+        parent: &EventId,
+        max_depth: usize,
+    ) -> Result<Vec<(u64, String, Pdu)>> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut level = vec![parent.to_owned()];
+        for _ in 0..max_depth {
+            let mut next = Vec::new();
+            for id in &level {
+                for (count, _, pdu) in self.relations_of(id)? {
+                    let Some((rel_type, to)) = pdu.relation() else {
+                        continue;
+                    };
+                    if to != *id || pdu.room_id != room_id || !seen.insert(pdu.event_id.clone()) {
+                        continue;
+                    }
+                    next.push(pdu.event_id.clone());
+                    out.push((count, rel_type, pdu));
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
+        }
+        out.sort_by_key(|(count, ..)| *count);
         Ok(out)
     }
 
