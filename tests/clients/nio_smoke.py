@@ -279,7 +279,7 @@ async def run(url: str, timeout: float) -> None:
             )
         await wait(
             "B's sync loop to catch up with the history messages",
-            lambda: b.rooms[room_id] is not None and history[-1] in sb.bodies(room_id),
+            lambda: history[-1] in sb.bodies(room_id),
         )
 
         # Page backwards from B's current position to the room's creation.

@@ -7,6 +7,7 @@ mod common;
 mod account_data;
 mod auth_rules;
 mod basics;
+mod config_files;
 mod crash;
 mod device;
 mod directory;
