@@ -7,4 +7,5 @@ mod common;
 mod auth_rules;
 mod basics;
 mod errors;
+mod rooms;
 mod state_res;
