@@ -7,5 +7,6 @@ mod common;
 mod auth_rules;
 mod basics;
 mod errors;
+mod messages;
 mod rooms;
 mod state_res;
