@@ -10,3 +10,4 @@ mod errors;
 mod messages;
 mod rooms;
 mod state_res;
+mod sync;
