@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod account;
 mod auth_rules;
 mod basics;
 mod errors;
