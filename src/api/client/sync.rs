@@ -261,8 +261,11 @@ fn timeline_limit(filter: &RoomEventFilter) -> usize {
         .clamp(1, 1000)
 }
 
-/// Events of the room in `(since, until]` that pass the timeline filter, at most `limit`
-/// (the newest), oldest first; and whether older ones were left out.
+/// Events of the room in `(since, until]` that pass the timeline filter and that the user
+/// may see, at most `limit` (the newest), oldest first; and whether older ones were left
+/// out. History visibility hides whole stretches (everything before a join in a `joined`
+/// room, say), so the scan stops at the first hidden event: what lies beyond it is for
+/// `/messages`, which applies the same rules, to find.
 fn timeline(
     ctx: &Ctx,
     room_id: &RoomId,
@@ -271,6 +274,7 @@ fn timeline(
     limit: usize,
 ) -> Result<(Vec<(u64, Pdu)>, bool)> {
     let tl_filter = &ctx.filter.room.timeline;
+    let mut visibility = message::Visibility::new(ctx.services, ctx.user, room_id)?;
     let mut events = Vec::new();
     let mut cursor = until.saturating_add(1);
     let mut limited = false;
@@ -289,6 +293,9 @@ fn timeline(
             }
             if !filter::matches(tl_filter, &pdu) {
                 continue;
+            }
+            if !visibility.can_see(&pdu)? {
+                break 'outer;
             }
             if events.len() == limit {
                 limited = true;
