@@ -244,10 +244,12 @@ async fn redact_route(
     if !services.rooms.is_joined(user, &req.room_id)? {
         return Err(Error::forbidden("You are not joined to this room"));
     }
-    let target = services
-        .rooms
-        .get_pdu(&req.event_id)?
-        .filter(|p| p.room_id == req.room_id);
+    let target = services.rooms.get_pdu(&req.event_id)?;
+    if target.as_ref().is_some_and(|t| t.room_id != req.room_id) {
+        return Err(Error::invalid_param(
+            "Cannot redact an event of another room",
+        ));
+    }
     let power = services.rooms.power_levels(&req.room_id)?;
     let allowed = match &target {
         Some(t) if t.sender == user => power.user_can_redact_own_event(user),

@@ -365,10 +365,17 @@ impl Rooms {
             Some(k) => Some(self.get_or_create_shortstatekey(&pdu.state_event_type(), k)?),
             None => None,
         };
+        // A redaction only ever applies to an event of its own room.
         let redaction_target = match &pdu.redacts {
-            Some(target) if pdu.kind == TimelineEventType::RoomRedaction => self
-                .get_pdu_json(target)?
-                .map(|json| (target.clone(), json)),
+            Some(target)
+                if pdu.kind == TimelineEventType::RoomRedaction
+                    && self
+                        .get_pdu(target)?
+                        .is_some_and(|t| t.room_id == pdu.room_id) =>
+            {
+                self.get_pdu_json(target)?
+                    .map(|json| (target.clone(), json))
+            }
             _ => None,
         };
         let member_change = self.membership_change(&pdu, state)?;
