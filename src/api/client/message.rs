@@ -32,7 +32,7 @@ use crate::{
     error::{Error, Result},
     service::{
         Services,
-        rooms::{Pdu, PduBuilder, PduEvent, state::StateMap},
+        rooms::{Pdu, PduBuilder, PduEvent, Transaction, state::StateMap},
     },
 };
 
@@ -53,10 +53,14 @@ async fn send_message_route(
 ) -> Result<send_message_event::v3::Response> {
     let req = &body.body;
     let (user, device) = (body.user(), body.device());
-    if let Some(event_id) =
-        services
-            .rooms
-            .existing_txn(user, device.as_str(), req.txn_id.as_str())?
+    let transaction = Transaction {
+        device: device.to_string(),
+        endpoint: "send",
+        txn: req.txn_id.to_string(),
+    };
+    if let Some(event_id) = services
+        .rooms
+        .existing_txn(user, &req.room_id, &transaction)?
     {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
@@ -65,7 +69,7 @@ async fn send_message_route(
     }
     let content = req.body.json().to_owned();
     let mut builder = PduBuilder::new(req.event_type.to_string().into(), content);
-    builder.transaction = Some((device.to_string(), req.txn_id.to_string()));
+    builder.transaction = Some(transaction);
     let pdu = services
         .rooms
         .build_and_append(user, &req.room_id, builder)
@@ -234,10 +238,14 @@ async fn redact_route(
 ) -> Result<redact_event::v3::Response> {
     let req = &body.body;
     let (user, device) = (body.user(), body.device());
-    if let Some(event_id) =
-        services
-            .rooms
-            .existing_txn(user, device.as_str(), req.txn_id.as_str())?
+    let transaction = Transaction {
+        device: device.to_string(),
+        endpoint: "redact",
+        txn: req.txn_id.to_string(),
+    };
+    if let Some(event_id) = services
+        .rooms
+        .existing_txn(user, &req.room_id, &transaction)?
     {
         return Ok(redact_event::v3::Response::new(event_id));
     }
@@ -267,7 +275,7 @@ async fn redact_route(
         serde_json::value::to_raw_value(&content)?,
     );
     builder.redacts = Some(req.event_id.clone());
-    builder.transaction = Some((device.to_string(), req.txn_id.to_string()));
+    builder.transaction = Some(transaction);
     let pdu = services
         .rooms
         .build_and_append(user, &req.room_id, builder)

@@ -33,10 +33,21 @@ pub struct PduBuilder {
     pub state_key: Option<String>,
     pub redacts: Option<OwnedEventId>,
     pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
-    /// `(device_id, txn_id)` of a client send, for idempotency and `unsigned.transaction_id`.
-    pub transaction: Option<(String, String)>,
+    /// The client request's transaction, for idempotency and `unsigned.transaction_id`.
+    pub transaction: Option<Transaction>,
     /// Explicit `prev_events` (a fork); by default the room's forward extremities.
     pub prev_events: Option<Vec<OwnedEventId>>,
+}
+
+/// A client's transaction id (spec: "Transaction identifiers"). It is scoped to the device
+/// and to the endpoint, and, as in Synapse, to the room: the same id sent to another room
+/// or to `/redact` is another request.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    pub device: String,
+    /// `"send"` or `"redact"`.
+    pub endpoint: &'static str,
+    pub txn: String,
 }
 
 impl PduBuilder {
@@ -356,7 +367,7 @@ impl Rooms {
         state: &StateMap,
         version: &RoomVersionId,
         rules: &RoomVersionRules,
-        transaction: Option<(String, String)>,
+        transaction: Option<Transaction>,
     ) -> Result<Pdu> {
         let room_id: OwnedRoomId = pdu.room_id.clone();
         let shortroomid = self.get_or_create_shortroomid(&room_id)?;
@@ -457,8 +468,8 @@ impl Rooms {
                 [],
             );
 
-            if let Some((device, txn)) = &transaction {
-                for (k, v) in Self::txn_keys(&pdu.sender, device, txn, &pdu.event_id) {
+            if let Some(transaction) = &transaction {
+                for (k, v) in Self::txn_keys(&pdu.sender, &room_id, transaction, &pdu.event_id) {
                     c.put(&self.txnid_eventid, k, v);
                 }
             }
