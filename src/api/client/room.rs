@@ -39,17 +39,6 @@ pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[
     RoomVersionId::V12,
 ];
 
-fn merge(base: &mut Map<String, Value>, over: Map<String, Value>) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(Value::Object(b)), Value::Object(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
 fn alias_for(services: &Services, localpart: &str) -> Result<ruma::OwnedRoomAliasId> {
     if localpart.is_empty() || localpart.contains(':') || localpart.contains(char::is_whitespace) {
         return Err(Error::invalid_param("Invalid room alias name"));
@@ -208,9 +197,13 @@ async fn create_room_route(
         "redact": 50,
         "invite": if preset == "public_chat" { 50 } else { 0 },
     });
-    if let Some(Value::Object(over)) = json_body.get("power_level_content_override") {
-        if let Value::Object(base) = &mut power_levels {
-            merge(base, over.clone());
+    // Each key of the override replaces the default's key (Synapse: `dict.update`), so an
+    // `events` override is the whole `events` map.
+    if let Some(Value::Object(over)) = json_body.get("power_level_content_override")
+        && let Value::Object(base) = &mut power_levels
+    {
+        for (key, value) in over {
+            base.insert(key.clone(), value.clone());
         }
     }
     let initial_state: Vec<Value> = json_body
