@@ -211,16 +211,21 @@ async fn create_room_route(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let in_initial = |kind: &str| {
-        initial_state.iter().any(|e| {
-            e.get("type").and_then(Value::as_str) == Some(kind)
-                && e.get("state_key").and_then(Value::as_str).unwrap_or("") == ""
-        })
+    let is_room_state = |e: &Value, kind: &str| {
+        e.get("type").and_then(Value::as_str) == Some(kind)
+            && e.get("state_key").and_then(Value::as_str).unwrap_or("") == ""
     };
+    let in_initial = |kind: &str| initial_state.iter().any(|e| is_room_state(e, kind));
+    // Power levels in initial_state replace the generated ones, override included (as in
+    // Synapse), and are sent in their place.
+    let initial_power = initial_state
+        .iter()
+        .find(|e| is_room_state(e, "m.room.power_levels"))
+        .map(|e| e.get("content").cloned().unwrap_or_else(|| json!({})));
     append(PduBuilder::state(
         StateEventType::RoomPowerLevels,
         "",
-        &power_levels,
+        initial_power.as_ref().unwrap_or(&power_levels),
     ))?;
 
     if let Some(alias) = &alias {
@@ -269,13 +274,13 @@ async fn create_room_route(
             .get("type")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
-        if matches!(
-            kind,
-            "m.room.create" | "m.room.member" | "m.room.power_levels"
-        ) {
+        if matches!(kind, "m.room.create" | "m.room.member") {
             return Err(Error::bad_json(format!(
                 "{kind} is not allowed in initial_state"
             )));
+        }
+        if is_room_state(event, "m.room.power_levels") {
+            continue;
         }
         let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
         let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
