@@ -10,6 +10,7 @@ use ruma::{
         account::{change_password, deactivate, get_username_availability, register, whoami},
         session::{get_login_types, login, logout, logout_all, refresh_token},
     },
+    events::room::member::MembershipState,
 };
 use serde_json::{Value, json};
 
@@ -364,7 +365,18 @@ async fn deactivate_route(
         Some(&user_id),
     )
     .await?;
-    for room_id in services.rooms.rooms_joined(&user_id)? {
+    // Leave every room, and turn down pending invites and knocks (as Synapse does).
+    let rooms = services
+        .rooms
+        .user_rooms(&user_id)?
+        .into_iter()
+        .filter(|(_, r)| {
+            matches!(
+                r.membership,
+                MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+            )
+        });
+    for (room_id, _) in rooms {
         if let Err(e) = super::membership::leave(&services, &user_id, &room_id, None).await {
             tracing::warn!(%room_id, "leaving on deactivation failed: {e}");
         }
