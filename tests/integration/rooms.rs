@@ -210,6 +210,36 @@ async fn initial_state_overrides_the_preset_and_name_overrides_initial_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_create_room_leaves_nothing_behind() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    for (what, body) in [
+        (
+            "second create event in initial_state",
+            json!({ "initial_state": [ { "type": "m.room.create", "content": { "room_version": "11" } } ] }),
+        ),
+        (
+            "initial_state content that is not an object",
+            json!({ "initial_state": [ { "type": "m.room.topic", "content": "text" } ] }),
+        ),
+        (
+            "initial_state event without a type",
+            json!({ "name": "x", "initial_state": [ { "content": {} } ] }),
+        ),
+        ("invalid alias name", json!({ "room_alias_name": "a:b" })),
+    ] {
+        let (status, response) = server
+            .post("/_matrix/client/v3/createRoom", &alice.token, body)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {response}");
+        let (_, joined) = server
+            .get("/_matrix/client/v3/joined_rooms", &alice.token)
+            .await;
+        assert_eq!(joined["joined_rooms"], json!([]), "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_state_may_set_the_power_levels() {
     // Synapse: an m.room.power_levels event in initial_state replaces the generated one.
     let server = TestServer::start().await;
