@@ -297,6 +297,28 @@ async fn lazy_loading_sends_only_the_members_that_matter() {
     assert!(state.iter().any(|e| e["type"] == "m.room.create"));
     assert!(state.iter().any(|e| e["type"] == "m.room.name"));
 
+    // Incrementally, the member event of a sender the client was not sent yet comes with
+    // the sender's first event, limited timeline or not.
+    let since = next_batch(&sync);
+    server.send_text(&dave, &room, "dave speaks").await;
+    let sync = server.sync_with(&alice, Some(&since), &lazy).await;
+    assert_eq!(bodies(&timeline(&sync, &room)), ["dave speaks"]);
+    assert_eq!(
+        member_keys(&state_events(&sync, "join", &room)),
+        ids(&[&dave]),
+        "{sync}"
+    );
+    let since = next_batch(&sync);
+    server.send_text(&dave, &room, "dave again").await;
+    server.send_text(&bob, &room, "bob speaks").await;
+    let sync = server.sync_with(&alice, Some(&since), &lazy).await;
+    assert_eq!(bodies(&timeline(&sync, &room)), ["bob speaks"]);
+    assert_eq!(sync["rooms"]["join"][&room]["timeline"]["limited"], true);
+    assert!(
+        member_keys(&state_events(&sync, "join", &room)).contains(&bob.user_id),
+        "{sync}"
+    );
+
     // Without lazy loading every member comes.
     let eager = filter_query(&json!({ "room": { "timeline": { "limit": 1 } } }));
     let sync = server.sync_with(&alice, None, &eager).await;
