@@ -228,6 +228,57 @@ async fn refresh_tokens_rotate_and_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_refresh_token_lasts_until_the_new_pair_is_used() {
+    // Spec (/refresh): "The old refresh token remains valid until the new access token or
+    // refresh token is used, at which point the old refresh token is revoked." A client
+    // that lost the response to a refresh can retry it.
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let (status, login) = login_raw(
+        &server,
+        json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": "alice" },
+            "password": alice.password,
+            "refresh_token": true,
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let refresh1 = login["refresh_token"].as_str().unwrap().to_owned();
+
+    let (status, lost) = refresh(&server, &refresh1).await;
+    assert_eq!(status, StatusCode::OK, "{lost}");
+    let (status, retried) = refresh(&server, &refresh1).await;
+    assert_eq!(status, StatusCode::OK, "retry of a refresh: {retried}");
+    let access2 = retried["access_token"].as_str().unwrap().to_owned();
+    let refresh2 = retried["refresh_token"].as_str().unwrap().to_owned();
+    // Using the new access token spends the old refresh token.
+    assert_token_works(&server, &access2, &alice).await;
+    let (status, body) = refresh(&server, &refresh1).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")),
+        "{body}"
+    );
+
+    // So does using the new refresh token.
+    let (status, body) = refresh(&server, &refresh2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refresh3 = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = refresh(&server, &refresh3).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access4 = body["access_token"].as_str().unwrap().to_owned();
+    let (status, body) = refresh(&server, &refresh2).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")),
+        "{body}"
+    );
+    assert_token_works(&server, &access4, &alice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_change_needs_the_current_password() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
