@@ -89,6 +89,28 @@ async fn create_room_route(
         }
     }
 
+    // initial_state is checked before anything is created: a refused request must not
+    // leave a half-built room behind.
+    let initial_state: Vec<Value> = json_body
+        .get("initial_state")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for event in &initial_state {
+        match event.get("type").and_then(Value::as_str) {
+            None => return Err(Error::bad_json("initial_state event without type")),
+            Some(kind @ ("m.room.create" | "m.room.member")) => {
+                return Err(Error::bad_json(format!(
+                    "{kind} is not allowed in initial_state"
+                )));
+            }
+            Some(_) => {}
+        }
+        if event.get("content").is_some_and(|c| !c.is_object()) {
+            return Err(Error::bad_json("initial_state content must be an object"));
+        }
+    }
+
     let preset = json_body
         .get("preset")
         .and_then(Value::as_str)
@@ -206,11 +228,6 @@ async fn create_room_route(
             base.insert(key.clone(), value.clone());
         }
     }
-    let initial_state: Vec<Value> = json_body
-        .get("initial_state")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
     let is_room_state = |e: &Value, kind: &str| {
         e.get("type").and_then(Value::as_str) == Some(kind)
             && e.get("state_key").and_then(Value::as_str).unwrap_or("") == ""
@@ -270,18 +287,13 @@ async fn create_room_route(
         ))?;
     }
     for event in &initial_state {
-        let kind = event
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
-        if matches!(kind, "m.room.create" | "m.room.member") {
-            return Err(Error::bad_json(format!(
-                "{kind} is not allowed in initial_state"
-            )));
-        }
         if is_room_state(event, "m.room.power_levels") {
             continue;
         }
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
         let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
         append(PduBuilder::state(kind.into(), state_key, &content))?;
