@@ -321,6 +321,46 @@ fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec
         .collect()
 }
 
+/// The room's state at the start of the timeline (at `end_count` if it is empty).
+fn start_state(
+    ctx: &Ctx,
+    room_id: &RoomId,
+    timeline: &[(u64, Pdu)],
+    end_count: u64,
+) -> Result<Arc<StateMap>> {
+    let services = ctx.services;
+    Ok(match timeline.first() {
+        Some((_, first)) => match services.rooms.state_before(&first.event_id)? {
+            Some(hash) => services.rooms.load_state(hash)?,
+            None => Arc::default(),
+        },
+        None => message::state_at_count(services, room_id, end_count)?,
+    })
+}
+
+/// With lazy-loading, the member events of the timeline's senders at the start of the
+/// timeline. The client may never have been sent them, however long unchanged, so they
+/// come whenever their senders appear (the spec lets the server resend them).
+fn sender_members(ctx: &Ctx, start_state: &StateMap, timeline: &[(u64, Pdu)]) -> Result<Vec<Pdu>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (_, pdu) in timeline {
+        if !seen.insert(pdu.sender.clone()) {
+            continue;
+        }
+        if let Some(member) = ctx.services.rooms.state_get(
+            start_state,
+            &StateEventType::RoomMember,
+            pdu.sender.as_str(),
+        )? && !timeline.iter().any(|(_, p)| p.event_id == member.event_id)
+            && filter::matches(&ctx.filter.room.state, &member)
+        {
+            out.push(member);
+        }
+    }
+    Ok(out)
+}
+
 /// The state section: everything the client needs to know about the room's state at the
 /// start of the timeline and does not know yet.
 fn state_section(
@@ -333,13 +373,7 @@ fn state_section(
     let services = ctx.services;
     let state_filter = &ctx.filter.room.state;
     let lazy = state_filter.lazy_load_options.is_disabled().not();
-    let start_state: Arc<StateMap> = match timeline.first() {
-        Some((_, first)) => match services.rooms.state_before(&first.event_id)? {
-            Some(hash) => services.rooms.load_state(hash)?,
-            None => Arc::default(),
-        },
-        None => message::state_at_count(services, room_id, end_count)?,
-    };
+    let start_state = start_state(ctx, room_id, timeline, end_count)?;
     let in_timeline: HashSet<_> = timeline.iter().map(|(_, p)| p.event_id.clone()).collect();
     let since_state = match (full, ctx.since) {
         (false, Some(since)) => Some(message::state_at_count(services, room_id, since)?),
@@ -373,6 +407,13 @@ fn state_section(
             && filter::matches(state_filter, &pdu)
         {
             out.push(pdu);
+        }
+    }
+    if lazy {
+        for member in sender_members(ctx, &start_state, timeline)? {
+            if !out.iter().any(|p| p.event_id == member.event_id) {
+                out.push(member);
+            }
         }
     }
     Ok(out)
@@ -441,8 +482,12 @@ fn joined_room(
         timeline(ctx, room_id, since, ctx.token, limit)?
     };
     let full = newly_joined || ctx.full_state || ctx.since.is_none();
+    let lazy = ctx.filter.room.state.lazy_load_options.is_disabled().not();
     let state = if full || limited {
         state_section(ctx, room_id, &events, ctx.token, full)?
+    } else if lazy {
+        let start = start_state(ctx, room_id, &events, ctx.token)?;
+        sender_members(ctx, &start, &events)?
     } else {
         vec![]
     };
