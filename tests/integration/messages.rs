@@ -125,6 +125,49 @@ async fn sends_are_idempotent_per_device_and_room() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_a_send_make_one_event() {
+    // A client that times out and retries while the first request is still running.
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    // Open the connections first, so the sends arrive together.
+    futures::future::join_all(
+        (0..8).map(|_| server.get("/_matrix/client/v3/account/whoami", &alice.token)),
+    )
+    .await;
+    // A big event takes a while to build, which is when a retry can slip in; a few rounds
+    // make the race all but certain to show.
+    let padding: Vec<String> = (0..1500).map(|i| format!("item {i}")).collect();
+    let mut expected = Vec::new();
+    for round in 0..5 {
+        let body = format!("only once {round}");
+        let txn = format!("racing-{round}");
+        let sends = (0..8).map(|_| {
+            server.send_event(
+                &alice,
+                &room,
+                "m.room.message",
+                &txn,
+                json!({ "msgtype": "m.text", "body": body, "padding": padding }),
+            )
+        });
+        let responses = futures::future::join_all(sends).await;
+        let mut ids: Vec<String> = responses
+            .iter()
+            .map(|(status, body)| {
+                assert_eq!(*status, StatusCode::OK, "{body}");
+                body["event_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+        expected.push(body);
+    }
+    assert_eq!(all_messages(&server, &alice, &room).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redaction_uses_its_own_transaction_scope() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
@@ -605,6 +648,43 @@ async fn shared_history_is_shown_to_later_members() {
         (status, &event["content"]["body"]),
         (StatusCode::OK, &json!("before"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn world_readable_history_is_open_to_everyone() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let outsider = server.register("outsider").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({
+                "preset": "private_chat",
+                "initial_state": [ { "type": "m.room.history_visibility", "content": { "history_visibility": "world_readable" } } ],
+            }),
+        )
+        .await;
+    let id = server.send_text(&alice, &room, "for all to read").await;
+    assert_eq!(
+        all_messages(&server, &outsider, &room).await,
+        ["for all to read"]
+    );
+    let (status, event) = get_event(&server, &outsider, &room, &id).await;
+    assert_eq!(
+        (status, &event["content"]["body"]),
+        (StatusCode::OK, &json!("for all to read"))
+    );
+    // Reading is not joining: sending is still refused.
+    let (status, _) = server
+        .send_event(
+            &outsider,
+            &room,
+            "m.room.message",
+            "w1",
+            json!({ "msgtype": "m.text", "body": "hi" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
