@@ -96,6 +96,15 @@ impl Rooms {
         builder: PduBuilder,
     ) -> Result<Pdu> {
         let _lock = self.lock_room(room_id).await;
+        // A retry that raced its original request (both passed the route's transaction
+        // check) finds the original's event here: it was appended under this lock, in the
+        // same batch as its transaction id.
+        if let Some(transaction) = &builder.transaction
+            && let Some(event_id) = self.existing_txn(sender, room_id, transaction)?
+            && let Some(pdu) = self.get_pdu(&event_id)?
+        {
+            return Ok(pdu);
+        }
         self.build_and_append_locked(sender, Some(room_id), builder)
     }
 
