@@ -821,6 +821,15 @@ async fn knocking_asks_and_a_moderator_answers() {
     assert!(sync["rooms"]["invite"].get(&room).is_some(), "{sync}");
     assert!(sync["rooms"]["knock"].get(&room).is_none(), "{sync}");
     server.join(&bob, &room).await;
+    // A member has nothing to knock for.
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+            &bob.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
     // Carol knocks and is turned away (kicked): her sync shows the room left, and
     // none of the room's history, which she never had the right to see.
@@ -939,7 +948,8 @@ async fn restricted_rooms_admit_members_of_the_allowed_room() {
         "{member}"
     );
 
-    // Anyone else is refused...
+    // Anyone else is refused, even when only invited to the space...
+    server.invite(&alice, &space, &carol).await;
     let (status, body) = server
         .post(
             &format!("/_matrix/client/v3/join/{}", enc(&room)),
