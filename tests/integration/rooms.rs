@@ -748,6 +748,47 @@ async fn upgrade_replaces_the_room_and_carries_its_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_grants_the_upgrader_no_extra_power() {
+    // Alice may upgrade (100 >= the tombstone's 100), but bob outranks her; the new room's
+    // power levels are the old room's, as in Synapse, not alice raised to bob's level.
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let users = json!({ alice.user_id.clone(): 100, bob.user_id.clone(): 150 });
+    let old = server
+        .create_room(
+            &alice,
+            json!({
+                "preset": "public_chat",
+                "room_version": "10",
+                "power_level_content_override": { "users": users },
+            }),
+        )
+        .await;
+    server.join(&bob, &old).await;
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&old)),
+            &alice.token,
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let power = server
+        .state_content(&alice, &new, "m.room.power_levels")
+        .await;
+    assert_eq!(power["users"], users, "{power}");
+    server.join(&bob, &new).await;
+    let mut demoted = power.clone();
+    demoted["users"][&bob.user_id] = json!(0);
+    let (status, body) = server
+        .send_state(&alice, &new, "m.room.power_levels", "", demoted)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knocking_asks_and_a_moderator_answers() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
