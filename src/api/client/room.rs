@@ -420,6 +420,9 @@ async fn upgrade_room_route(
         room_id
     };
 
+    // The old room's power levels, to restore in the new room once the upgrader no longer
+    // needs the temporary raise below (as Synapse does): an upgrade grants no power.
+    let mut restore_power = None;
     {
         let _lock = services.rooms.lock_room(&new_room).await;
         let append = |builder: PduBuilder| {
@@ -435,11 +438,18 @@ async fn upgrade_room_route(
 
         // Power levels carry over; the upgrading user needs enough power to finish the
         // upgrade, and creators of a v12 room may not be listed.
-        let mut power_content = services
+        let old_power = services
             .rooms
             .state_get(&old_state, &StateEventType::RoomPowerLevels, "")?
-            .and_then(|p| serde_json::from_str::<Value>(p.content.get()).ok())
-            .unwrap_or_else(|| json!({}));
+            .and_then(|p| serde_json::from_str::<Value>(p.content.get()).ok());
+        let mut power_content = old_power.clone().unwrap_or_else(|| json!({}));
+        // A creator privileged by the old room's version has no level to go back to.
+        let old_privileged = services
+            .rooms
+            .room_version(&old_room)?
+            .and_then(|v| v.rules())
+            .is_some_and(|r| r.authorization.explicitly_privilege_room_creators)
+            && services.rooms.creators(&old_state)?.contains(&sender);
         if let Some(users) = power_content
             .get_mut("users")
             .and_then(Value::as_object_mut)
@@ -454,6 +464,12 @@ async fn upgrade_room_route(
             }
         } else if !rules.authorization.explicitly_privilege_room_creators {
             power_content["users"] = json!({ sender.as_str(): 100 });
+        }
+        if !rules.authorization.explicitly_privilege_room_creators
+            && !old_privileged
+            && old_power.as_ref() != Some(&power_content)
+        {
+            restore_power = old_power;
         }
         append(PduBuilder::state(
             StateEventType::RoomPowerLevels,
@@ -547,6 +563,16 @@ async fn upgrade_room_route(
                 PduBuilder::state(StateEventType::RoomCanonicalAlias, "", &json!({})),
             )
             .await;
+    }
+    if let Some(content) = restore_power {
+        services
+            .rooms
+            .build_and_append(
+                &sender,
+                &new_room,
+                PduBuilder::state(StateEventType::RoomPowerLevels, "", &content),
+            )
+            .await?;
     }
     if services.rooms.is_public(&old_room)? {
         services.rooms.set_public(&old_room, false)?;
