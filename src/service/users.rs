@@ -37,6 +37,10 @@ pub struct Device {
     token_hash: String,
     #[serde(default)]
     refresh_hash: Option<String>,
+    /// The refresh token exchanged for the current pair: it stays valid until that pair
+    /// is first used, so a client that lost the `/refresh` response can retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev_refresh_hash: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -45,6 +49,10 @@ struct TokenRecord {
     device_id: OwnedDeviceId,
     /// Milliseconds since the epoch; `None` never expires.
     expires_at: Option<u64>,
+    /// On an access token from `/refresh`: the refresh token it replaced, revoked when
+    /// this access token is first used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spends_refresh: Option<String>,
 }
 
 /// What an access token lookup yields.
@@ -257,6 +265,7 @@ impl Users {
             last_seen_ts: Some(now_ms()),
             token_hash: parts.token_hash.clone(),
             refresh_hash: parts.refresh_hash.clone(),
+            prev_refresh_hash: None,
         };
         self.write_device(user_id, existing.as_ref(), &device, parts.expires_at)?;
         Ok(tokens)
@@ -273,6 +282,7 @@ impl Users {
             user_id: user_id.to_owned(),
             device_id: device.device_id.clone(),
             expires_at,
+            spends_refresh: None,
         };
         let record = serde_json::to_vec(&record)?;
         let device_json = serde_json::to_vec(device)?;
@@ -282,7 +292,7 @@ impl Users {
         self.db.write(|b| {
             if let Some(old) = old {
                 b.delete(&self.token_device, old.token_hash.as_bytes());
-                if let Some(r) = &old.refresh_hash {
+                for r in old.refresh_hash.iter().chain(&old.prev_refresh_hash) {
                     b.delete(&self.refreshtoken_device, r.as_bytes());
                 }
             }
@@ -299,34 +309,96 @@ impl Users {
     }
 
     pub fn find_token(&self, token: &str) -> Result<TokenLookup> {
-        let Some(record) = self
-            .token_device
-            .get_json::<TokenRecord>(token_hash(token).as_bytes())?
-        else {
+        let hash = token_hash(token);
+        let Some(mut record) = self.token_device.get_json::<TokenRecord>(hash.as_bytes())? else {
             return Ok(TokenLookup::Unknown);
         };
         if record.expires_at.is_some_and(|t| t <= now_ms()) {
             return Ok(TokenLookup::Expired);
         }
+        if let Some(spent) = record.spends_refresh.take() {
+            // First use of a refreshed access token: the refresh token it replaced is spent.
+            let device = self
+                .device(&record.user_id, record.device_id.as_str())?
+                .filter(|d| d.prev_refresh_hash.as_ref() == Some(&spent))
+                .map(|mut d| {
+                    d.prev_refresh_hash = None;
+                    serde_json::to_vec(&d)
+                })
+                .transpose()?;
+            let record_json = serde_json::to_vec(&record)?;
+            self.db.write(|b| {
+                b.delete(&self.refreshtoken_device, spent.as_bytes());
+                b.put(&self.token_device, hash.as_bytes(), &record_json);
+                if let Some(device) = &device {
+                    b.put(
+                        &self.devices,
+                        Self::device_key(&record.user_id, record.device_id.as_str()),
+                        device,
+                    );
+                }
+            })?;
+        }
         Ok(TokenLookup::Valid(record.user_id, record.device_id))
     }
 
-    /// Exchanges a refresh token for new tokens; the old pair stops working.
+    /// Exchanges a refresh token for new tokens. The old access token stops working; the
+    /// old refresh token stays valid until the new access or refresh token is used (spec),
+    /// and presenting it again meanwhile replaces the unused new pair.
     pub fn refresh(&self, refresh_token: &str) -> Result<Option<NewTokens>> {
+        let presented = token_hash(refresh_token);
         let Some(record) = self
             .refreshtoken_device
-            .get_json::<TokenRecord>(token_hash(refresh_token).as_bytes())?
+            .get_json::<TokenRecord>(presented.as_bytes())?
         else {
             return Ok(None);
         };
         let Some(old) = self.device(&record.user_id, record.device_id.as_str())? else {
             return Ok(None);
         };
+        let retry = old.prev_refresh_hash.as_ref() == Some(&presented);
+        if !retry && old.refresh_hash.as_ref() != Some(&presented) {
+            return Ok(None);
+        }
         let (tokens, parts) = self.issue(true);
         let mut device = old.clone();
         device.token_hash = parts.token_hash;
         device.refresh_hash = parts.refresh_hash;
-        self.write_device(&record.user_id, Some(&old), &device, parts.expires_at)?;
+        device.prev_refresh_hash = Some(presented.clone());
+        // A retry replaces the unused pair; a first use spends the refresh token before.
+        let spent = if retry {
+            old.refresh_hash.clone()
+        } else {
+            old.prev_refresh_hash.clone()
+        };
+        let new_record = |spends_refresh| TokenRecord {
+            user_id: record.user_id.clone(),
+            device_id: record.device_id.clone(),
+            expires_at: parts.expires_at,
+            spends_refresh,
+        };
+        let access_json = serde_json::to_vec(&new_record(Some(presented)))?;
+        let refresh_json = serde_json::to_vec(&new_record(None))?;
+        let device_json = serde_json::to_vec(&device)?;
+        self.db.write(|b| {
+            b.delete(&self.token_device, old.token_hash.as_bytes());
+            if let Some(spent) = &spent {
+                b.delete(&self.refreshtoken_device, spent.as_bytes());
+            }
+            b.put(
+                &self.token_device,
+                device.token_hash.as_bytes(),
+                &access_json,
+            );
+            if let Some(r) = &device.refresh_hash {
+                b.put(&self.refreshtoken_device, r.as_bytes(), &refresh_json);
+            }
+            b.put(
+                &self.devices,
+                Self::device_key(&record.user_id, device.device_id.as_str()),
+                &device_json,
+            );
+        })?;
         Ok(Some(tokens))
     }
 
@@ -337,7 +409,7 @@ impl Users {
         self.forget_tokens(&device);
         self.db.write(|b| {
             b.delete(&self.token_device, device.token_hash.as_bytes());
-            if let Some(r) = &device.refresh_hash {
+            for r in device.refresh_hash.iter().chain(&device.prev_refresh_hash) {
                 b.delete(&self.refreshtoken_device, r.as_bytes());
             }
             b.delete(&self.devices, Self::device_key(user_id, device_id));

@@ -273,3 +273,141 @@ pub fn bodies(events: &[&Value]) -> Vec<String> {
         .filter_map(|e| e["content"]["body"].as_str().map(ToOwned::to_owned))
         .collect()
 }
+
+/// The `errcode` of an error body.
+pub fn errcode(body: &Value) -> Option<&str> {
+    body["errcode"].as_str()
+}
+
+/// The `next_batch` of a sync response.
+pub fn next_batch(sync: &Value) -> String {
+    sync["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
+impl TestServer {
+    /// `GET /rooms/{room}/state/{type}/{key}`: the content of one state event.
+    pub async fn state_event(
+        &self,
+        user: &User,
+        room: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> (StatusCode, Value) {
+        self.get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(state_key)
+            ),
+            &user.token,
+        )
+        .await
+    }
+
+    /// The content of a state event that must exist.
+    pub async fn state_content(&self, user: &User, room: &str, kind: &str) -> Value {
+        let (status, body) = self.state_event(user, room, kind, "").await;
+        assert_eq!(status, StatusCode::OK, "{kind}: {body}");
+        body
+    }
+
+    /// The whole current state of a room, as `GET /rooms/{room}/state` returns it.
+    pub async fn room_state(&self, user: &User, room: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
+                &user.token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().expect("state list").clone()
+    }
+
+    pub async fn send_event(
+        &self,
+        user: &User,
+        room: &str,
+        kind: &str,
+        txn: &str,
+        content: Value,
+    ) -> (StatusCode, Value) {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/{kind}/{}",
+                enc(room),
+                enc(txn)
+            ),
+            &user.token,
+            content,
+        )
+        .await
+    }
+
+    pub async fn send_state(
+        &self,
+        user: &User,
+        room: &str,
+        kind: &str,
+        state_key: &str,
+        content: Value,
+    ) -> (StatusCode, Value) {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(state_key)
+            ),
+            &user.token,
+            content,
+        )
+        .await
+    }
+
+    /// `POST /rooms/{room}/{action}` for invite, kick, ban, unban, leave and forget.
+    pub async fn membership(
+        &self,
+        user: &User,
+        room: &str,
+        action: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        self.post(
+            &format!("/_matrix/client/v3/rooms/{}/{action}", enc(room)),
+            &user.token,
+            body,
+        )
+        .await
+    }
+
+    pub async fn invite(&self, user: &User, room: &str, target: &User) {
+        let (status, body) = self
+            .membership(user, room, "invite", json!({ "user_id": target.user_id }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    pub async fn leave(&self, user: &User, room: &str) {
+        let (status, body) = self.membership(user, room, "leave", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// `GET /rooms/{room}/messages?{query}`.
+    pub async fn messages(&self, user: &User, room: &str, query: &str) -> (StatusCode, Value) {
+        self.get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?{query}", enc(room)),
+            &user.token,
+        )
+        .await
+    }
+
+    /// A sync with extra query parameters (`filter=...`, `full_state=true`).
+    pub async fn sync_with(&self, user: &User, since: Option<&str>, query: &str) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout=0&{query}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        let (status, response) = self.get(&path, &user.token).await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response
+    }
+}

@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod account;
 mod account_data;
 mod auth_rules;
 mod basics;
@@ -13,6 +14,9 @@ mod device;
 mod directory;
 mod discovery;
 mod errors;
+mod messages;
 mod profile;
 mod relations;
+mod rooms;
 mod state_res;
+mod sync;

@@ -13,6 +13,7 @@ use ruma::{
         },
         session::{get_login_types, login, logout, logout_all, refresh_token},
     },
+    events::room::member::MembershipState,
 };
 use serde_json::{Value, json};
 
@@ -368,7 +369,18 @@ async fn deactivate_route(
         Some(&user_id),
     )
     .await?;
-    for room_id in services.rooms.rooms_joined(&user_id)? {
+    // Leave every room, and turn down pending invites and knocks (as Synapse does).
+    let rooms = services
+        .rooms
+        .user_rooms(&user_id)?
+        .into_iter()
+        .filter(|(_, r)| {
+            matches!(
+                r.membership,
+                MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+            )
+        });
+    for (room_id, _) in rooms {
         if let Err(e) = super::membership::leave(&services, &user_id, &room_id, None).await {
             tracing::warn!(%room_id, "leaving on deactivation failed: {e}");
         }

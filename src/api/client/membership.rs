@@ -363,8 +363,7 @@ async fn joined_rooms_route(
     ))
 }
 
-/// Joined members may read the member list, and anyone when history is world-readable.
-/// (Synapse also lets former members read it as of when they left; not done yet.)
+/// Members may read the joined members; so may anyone when history is world-readable.
 pub fn check_can_see_room(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<()> {
     match services.rooms.membership(user_id, room_id)? {
         Some(MembershipState::Join) => Ok(()),
@@ -378,15 +377,32 @@ async fn members_route(
     body: Ruma<get_member_events::v3::Request>,
 ) -> Result<get_member_events::v3::Response> {
     let room_id = &body.body.room_id;
-    check_can_see_room(&services, body.user(), room_id)?;
-    let state = match body.body.at.as_deref() {
-        Some(at) => {
-            let at: u64 = at
-                .parse()
-                .map_err(|_| Error::invalid_param("Invalid `at` token"))?;
-            super::message::state_at_count(&services, room_id, at)?
+    // Members read the member list, and anyone when history is world-readable; former
+    // members read it as it was when they left (as in Synapse).
+    let left_at = match super::message::remembered_room(&services, body.user(), room_id)? {
+        Some(r) if r.membership == MembershipState::Join => None,
+        _ if super::message::world_readable(&services, room_id)? => None,
+        Some(r) if matches!(r.membership, MembershipState::Leave | MembershipState::Ban) => {
+            Some(r.count)
         }
-        None => services.rooms.current_state(room_id)?,
+        _ => return Err(Error::forbidden("You are not a member of this room")),
+    };
+    let at = body
+        .body
+        .at
+        .as_deref()
+        .map(|at| {
+            at.parse::<u64>()
+                .map_err(|_| Error::invalid_param("Invalid `at` token"))
+        })
+        .transpose()?;
+    let state = match (at, left_at) {
+        (None, None) => services.rooms.current_state(room_id)?,
+        (at, left_at) => super::message::state_at_count(
+            &services,
+            room_id,
+            at.unwrap_or(u64::MAX).min(left_at.unwrap_or(u64::MAX)),
+        )?,
     };
     let mut chunk = Vec::new();
     for pdu in services.rooms.state_events(&state)? {

@@ -32,7 +32,7 @@ use crate::{
     error::{Error, Result},
     service::{
         Services,
-        rooms::{Pdu, PduBuilder, PduEvent, state::StateMap},
+        rooms::{Pdu, PduBuilder, PduEvent, Transaction, state::StateMap},
     },
 };
 
@@ -53,10 +53,14 @@ async fn send_message_route(
 ) -> Result<send_message_event::v3::Response> {
     let req = &body.body;
     let (user, device) = (body.user(), body.device());
-    if let Some(event_id) =
-        services
-            .rooms
-            .existing_txn(user, device.as_str(), req.txn_id.as_str())?
+    let transaction = Transaction {
+        device: device.to_string(),
+        endpoint: "send",
+        txn: req.txn_id.to_string(),
+    };
+    if let Some(event_id) = services
+        .rooms
+        .existing_txn(user, &req.room_id, &transaction)?
     {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
@@ -65,7 +69,7 @@ async fn send_message_route(
     }
     let content = req.body.json().to_owned();
     let mut builder = PduBuilder::new(req.event_type.to_string().into(), content);
-    builder.transaction = Some((device.to_string(), req.txn_id.to_string()));
+    builder.transaction = Some(transaction);
     let pdu = services
         .rooms
         .build_and_append(user, &req.room_id, builder)
@@ -149,9 +153,9 @@ pub fn world_readable(services: &Services, room_id: &RoomId) -> Result<bool> {
 }
 
 /// The room state a user may read: the current state while joined (or world-readable),
-/// the state when they left otherwise.
+/// the state when they left otherwise, nothing once they forgot the room.
 fn readable_state(services: &Services, user: &UserId, room_id: &RoomId) -> Result<Arc<StateMap>> {
-    match services.rooms.user_room(user, room_id)? {
+    match remembered_room(services, user, room_id)? {
         Some(r) if r.membership == MembershipState::Join => services.rooms.current_state(room_id),
         _ if world_readable(services, room_id)? => services.rooms.current_state(room_id),
         Some(r) if matches!(r.membership, MembershipState::Leave | MembershipState::Ban) => {
@@ -160,6 +164,19 @@ fn readable_state(services: &Services, user: &UserId, room_id: &RoomId) -> Resul
         }
         _ => Err(Error::forbidden("You are not a member of this room")),
     }
+}
+
+/// The user's membership record of a room, unless they forgot the room: after `/forget`
+/// "a user will no longer be able to retrieve history for this room" (spec).
+pub fn remembered_room(
+    services: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+) -> Result<Option<crate::service::rooms::membership::UserRoom>> {
+    Ok(services
+        .rooms
+        .user_room(user, room_id)?
+        .filter(|r| !r.forgotten))
 }
 
 pub fn state_after_event(services: &Services, event_id: &ruma::EventId) -> Result<Arc<StateMap>> {
@@ -234,20 +251,26 @@ async fn redact_route(
 ) -> Result<redact_event::v3::Response> {
     let req = &body.body;
     let (user, device) = (body.user(), body.device());
-    if let Some(event_id) =
-        services
-            .rooms
-            .existing_txn(user, device.as_str(), req.txn_id.as_str())?
+    let transaction = Transaction {
+        device: device.to_string(),
+        endpoint: "redact",
+        txn: req.txn_id.to_string(),
+    };
+    if let Some(event_id) = services
+        .rooms
+        .existing_txn(user, &req.room_id, &transaction)?
     {
         return Ok(redact_event::v3::Response::new(event_id));
     }
     if !services.rooms.is_joined(user, &req.room_id)? {
         return Err(Error::forbidden("You are not joined to this room"));
     }
-    let target = services
-        .rooms
-        .get_pdu(&req.event_id)?
-        .filter(|p| p.room_id == req.room_id);
+    let target = services.rooms.get_pdu(&req.event_id)?;
+    if target.as_ref().is_some_and(|t| t.room_id != req.room_id) {
+        return Err(Error::invalid_param(
+            "Cannot redact an event of another room",
+        ));
+    }
     let power = services.rooms.power_levels(&req.room_id)?;
     let allowed = match &target {
         Some(t) if t.sender == user => power.user_can_redact_own_event(user),
@@ -265,7 +288,7 @@ async fn redact_route(
         serde_json::value::to_raw_value(&content)?,
     );
     builder.redacts = Some(req.event_id.clone());
-    builder.transaction = Some((device.to_string(), req.txn_id.to_string()));
+    builder.transaction = Some(transaction);
     let pdu = services
         .rooms
         .build_and_append(user, &req.room_id, builder)
@@ -274,27 +297,35 @@ async fn redact_route(
 }
 
 /// History visibility: may `user` see `pdu`? Decided by the room's `history_visibility`
-/// and the user's membership at the event, as the spec's "Server behaviour" describes.
+/// and the user's membership at the event, as the spec's "Server behaviour" describes. A
+/// user who forgot the room sees only what is world-readable.
 pub struct Visibility<'a> {
     services: &'a Services,
     user: &'a UserId,
     currently_joined: bool,
+    forgotten: bool,
     cache: HashMap<u64, bool>,
 }
 
 impl<'a> Visibility<'a> {
     pub fn new(services: &'a Services, user: &'a UserId, room_id: &RoomId) -> Result<Self> {
-        let currently_joined = services.rooms.is_joined(user, room_id)?;
+        let record = services.rooms.user_room(user, room_id)?;
+        let currently_joined = record
+            .as_ref()
+            .is_some_and(|r| r.membership == MembershipState::Join);
+        let forgotten = record.is_some_and(|r| r.forgotten);
         Ok(Self {
             services,
             user,
             currently_joined,
+            forgotten,
             cache: HashMap::new(),
         })
     }
 
     pub fn can_see(&mut self, pdu: &PduEvent) -> Result<bool> {
-        if pdu.kind == TimelineEventType::RoomMember
+        if !self.forgotten
+            && pdu.kind == TimelineEventType::RoomMember
             && pdu.state_key.as_deref() == Some(self.user.as_str())
         {
             return Ok(true);
@@ -321,6 +352,7 @@ impl<'a> Visibility<'a> {
             .and_then(|v| v.as_str().map(MembershipState::from));
         let visible = match visibility.as_str() {
             "world_readable" => true,
+            _ if self.forgotten => false,
             "shared" => self.currently_joined || membership == Some(MembershipState::Join),
             "invited" => matches!(
                 membership,
@@ -372,7 +404,8 @@ async fn messages_route(
         body.sender_device.as_deref().map(|d| d.as_str()),
     );
     let room_id = &req.room_id;
-    if services.rooms.user_room(user, room_id)?.is_none() && !world_readable(&services, room_id)? {
+    if remembered_room(&services, user, room_id)?.is_none() && !world_readable(&services, room_id)?
+    {
         return Err(Error::forbidden("You are not a member of this room"));
     }
     let limit = usize::try_from(u64::from(req.limit))

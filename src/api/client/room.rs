@@ -39,17 +39,6 @@ pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[
     RoomVersionId::V12,
 ];
 
-fn merge(base: &mut Map<String, Value>, over: Map<String, Value>) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(Value::Object(b)), Value::Object(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
 fn alias_for(services: &Services, localpart: &str) -> Result<ruma::OwnedRoomAliasId> {
     if localpart.is_empty() || localpart.contains(':') || localpart.contains(char::is_whitespace) {
         return Err(Error::invalid_param("Invalid room alias name"));
@@ -97,6 +86,28 @@ async fn create_room_route(
             && !services.users.is_active(user)?
         {
             return Err(Error::not_found(format!("Unknown user {user}")));
+        }
+    }
+
+    // initial_state is checked before anything is created: a refused request must not
+    // leave a half-built room behind.
+    let initial_state: Vec<Value> = json_body
+        .get("initial_state")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for event in &initial_state {
+        match event.get("type").and_then(Value::as_str) {
+            None => return Err(Error::bad_json("initial_state event without type")),
+            Some(kind @ ("m.room.create" | "m.room.member")) => {
+                return Err(Error::bad_json(format!(
+                    "{kind} is not allowed in initial_state"
+                )));
+            }
+            Some(_) => {}
+        }
+        if event.get("content").is_some_and(|c| !c.is_object()) {
+            return Err(Error::bad_json("initial_state content must be an object"));
         }
     }
 
@@ -208,26 +219,30 @@ async fn create_room_route(
         "redact": 50,
         "invite": if preset == "public_chat" { 50 } else { 0 },
     });
-    if let Some(Value::Object(over)) = json_body.get("power_level_content_override") {
-        if let Value::Object(base) = &mut power_levels {
-            merge(base, over.clone());
+    // Each key of the override replaces the default's key (Synapse: `dict.update`), so an
+    // `events` override is the whole `events` map.
+    if let Some(Value::Object(over)) = json_body.get("power_level_content_override")
+        && let Value::Object(base) = &mut power_levels
+    {
+        for (key, value) in over {
+            base.insert(key.clone(), value.clone());
         }
     }
-    let initial_state: Vec<Value> = json_body
-        .get("initial_state")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let in_initial = |kind: &str| {
-        initial_state.iter().any(|e| {
-            e.get("type").and_then(Value::as_str) == Some(kind)
-                && e.get("state_key").and_then(Value::as_str).unwrap_or("") == ""
-        })
+    let is_room_state = |e: &Value, kind: &str| {
+        e.get("type").and_then(Value::as_str) == Some(kind)
+            && e.get("state_key").and_then(Value::as_str).unwrap_or("") == ""
     };
+    let in_initial = |kind: &str| initial_state.iter().any(|e| is_room_state(e, kind));
+    // Power levels in initial_state replace the generated ones, override included (as in
+    // Synapse), and are sent in their place.
+    let initial_power = initial_state
+        .iter()
+        .find(|e| is_room_state(e, "m.room.power_levels"))
+        .map(|e| e.get("content").cloned().unwrap_or_else(|| json!({})));
     append(PduBuilder::state(
         StateEventType::RoomPowerLevels,
         "",
-        &power_levels,
+        initial_power.as_ref().unwrap_or(&power_levels),
     ))?;
 
     if let Some(alias) = &alias {
@@ -272,18 +287,13 @@ async fn create_room_route(
         ))?;
     }
     for event in &initial_state {
+        if is_room_state(event, "m.room.power_levels") {
+            continue;
+        }
         let kind = event
             .get("type")
             .and_then(Value::as_str)
-            .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
-        if matches!(
-            kind,
-            "m.room.create" | "m.room.member" | "m.room.power_levels"
-        ) {
-            return Err(Error::bad_json(format!(
-                "{kind} is not allowed in initial_state"
-            )));
-        }
+            .unwrap_or_default();
         let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
         let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
         append(PduBuilder::state(kind.into(), state_key, &content))?;
@@ -410,6 +420,9 @@ async fn upgrade_room_route(
         room_id
     };
 
+    // The old room's power levels, to restore in the new room once the upgrader no longer
+    // needs the temporary raise below (as Synapse does): an upgrade grants no power.
+    let mut restore_power = None;
     {
         let _lock = services.rooms.lock_room(&new_room).await;
         let append = |builder: PduBuilder| {
@@ -425,11 +438,18 @@ async fn upgrade_room_route(
 
         // Power levels carry over; the upgrading user needs enough power to finish the
         // upgrade, and creators of a v12 room may not be listed.
-        let mut power_content = services
+        let old_power = services
             .rooms
             .state_get(&old_state, &StateEventType::RoomPowerLevels, "")?
-            .and_then(|p| serde_json::from_str::<Value>(p.content.get()).ok())
-            .unwrap_or_else(|| json!({}));
+            .and_then(|p| serde_json::from_str::<Value>(p.content.get()).ok());
+        let mut power_content = old_power.clone().unwrap_or_else(|| json!({}));
+        // A creator privileged by the old room's version has no level to go back to.
+        let old_privileged = services
+            .rooms
+            .room_version(&old_room)?
+            .and_then(|v| v.rules())
+            .is_some_and(|r| r.authorization.explicitly_privilege_room_creators)
+            && services.rooms.creators(&old_state)?.contains(&sender);
         if let Some(users) = power_content
             .get_mut("users")
             .and_then(Value::as_object_mut)
@@ -444,6 +464,12 @@ async fn upgrade_room_route(
             }
         } else if !rules.authorization.explicitly_privilege_room_creators {
             power_content["users"] = json!({ sender.as_str(): 100 });
+        }
+        if !rules.authorization.explicitly_privilege_room_creators
+            && !old_privileged
+            && old_power.as_ref() != Some(&power_content)
+        {
+            restore_power = old_power;
         }
         append(PduBuilder::state(
             StateEventType::RoomPowerLevels,
@@ -537,6 +563,16 @@ async fn upgrade_room_route(
                 PduBuilder::state(StateEventType::RoomCanonicalAlias, "", &json!({})),
             )
             .await;
+    }
+    if let Some(content) = restore_power {
+        services
+            .rooms
+            .build_and_append(
+                &sender,
+                &new_room,
+                PduBuilder::state(StateEventType::RoomPowerLevels, "", &content),
+            )
+            .await?;
     }
     if services.rooms.is_public(&old_room)? {
         services.rooms.set_public(&old_room, false)?;

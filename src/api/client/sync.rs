@@ -334,29 +334,60 @@ fn client_events(ctx: &Ctx, events: impl IntoIterator<Item = Pdu>) -> Result<Vec
         .collect()
 }
 
+/// The room's state at the start of the timeline (at `end_count` if it is empty).
+fn start_state(
+    ctx: &Ctx,
+    room_id: &RoomId,
+    timeline: &[(u64, Pdu)],
+    end_count: u64,
+) -> Result<Arc<StateMap>> {
+    let services = ctx.services;
+    Ok(match timeline.first() {
+        Some((_, first)) => match services.rooms.state_before(&first.event_id)? {
+            Some(hash) => services.rooms.load_state(hash)?,
+            None => Arc::default(),
+        },
+        None => message::state_at_count(services, room_id, end_count)?,
+    })
+}
+
+/// With lazy-loading, the member events of the timeline's senders at the start of the
+/// timeline. The client may never have been sent them, however long unchanged, so they
+/// come whenever their senders appear (the spec lets the server resend them).
+fn sender_members(ctx: &Ctx, start_state: &StateMap, timeline: &[(u64, Pdu)]) -> Result<Vec<Pdu>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (_, pdu) in timeline {
+        if !seen.insert(pdu.sender.clone()) {
+            continue;
+        }
+        if let Some(member) = ctx.services.rooms.state_get(
+            start_state,
+            &StateEventType::RoomMember,
+            pdu.sender.as_str(),
+        )? && !timeline.iter().any(|(_, p)| p.event_id == member.event_id)
+            && filter::matches(&ctx.filter.room.state, &member)
+        {
+            out.push(member);
+        }
+    }
+    Ok(out)
+}
+
 /// The state section: everything the client needs to know about the room's state at the
-/// start of the timeline and does not know yet.
-/// With lazy-loaded members, the member events of timeline senders (and the user's own)
-/// are always sent, even on a sync that otherwise sends no state: the client may never
-/// have received them. Other member events are left out.
+/// start of the timeline and does not know yet. With lazy-loaded members, only the member
+/// events of timeline senders and the user's own are sent, the former even if unchanged.
 fn state_section(
     ctx: &Ctx,
     room_id: &RoomId,
     timeline: &[(u64, Pdu)],
     end_count: u64,
     full: bool,
-    senders_only: bool,
 ) -> Result<Vec<Pdu>> {
     let services = ctx.services;
     let state_filter = &ctx.filter.room.state;
     let lazy = state_filter.lazy_load_options.is_disabled().not();
-    let start_state: Arc<StateMap> = match timeline.first() {
-        Some((_, first)) => match services.rooms.state_before(&first.event_id)? {
-            Some(hash) => services.rooms.load_state(hash)?,
-            None => Arc::default(),
-        },
-        None => message::state_at_count(services, room_id, end_count)?,
-    };
+    let start_state = start_state(ctx, room_id, timeline, end_count)?;
     let in_timeline: HashSet<_> = timeline.iter().map(|(_, p)| p.event_id.clone()).collect();
     let mut wanted_members = HashSet::new();
     if lazy {
@@ -373,22 +404,12 @@ fn state_section(
             }
         }
     }
-    let entries: Vec<(u64, u64)> = if senders_only {
-        wanted_members
-            .iter()
-            .filter_map(|k| start_state.get(k).map(|e| (*k, *e)))
-            .collect()
-    } else {
-        start_state.iter().map(|(k, e)| (*k, *e)).collect()
-    };
     let since_state = match (full, ctx.since) {
-        (false, Some(since)) if !senders_only => {
-            Some(message::state_at_count(services, room_id, since)?)
-        }
+        (false, Some(since)) => Some(message::state_at_count(services, room_id, since)?),
         _ => None,
     };
     let mut out = Vec::new();
-    for (short_key, short_event) in entries {
+    for (&short_key, &short_event) in start_state.iter() {
         let wanted_member = wanted_members.contains(&short_key);
         if lazy && !wanted_member && services.rooms.is_member_statekey(short_key)? {
             continue;
@@ -477,9 +498,10 @@ fn joined_room(
     };
     let full = newly_joined || ctx.full_state || ctx.since.is_none();
     let state = if full || limited {
-        state_section(ctx, room_id, &events, ctx.token, full, false)?
+        state_section(ctx, room_id, &events, ctx.token, full)?
     } else if !events.is_empty() && ctx.filter.room.state.lazy_load_options.is_disabled().not() {
-        state_section(ctx, room_id, &events, ctx.token, false, true)?
+        let start = start_state(ctx, room_id, &events, ctx.token)?;
+        sender_members(ctx, &start, &events)?
     } else {
         vec![]
     };
@@ -520,7 +542,7 @@ fn left_room(
     let until = record.count.min(ctx.token);
     let (events, limited) = timeline(ctx, room_id, since, until, limit, u64::MAX)?;
     let state = if limited || ctx.since.is_none() {
-        state_section(ctx, room_id, &events, until, ctx.since.is_none(), false)?
+        state_section(ctx, room_id, &events, until, ctx.since.is_none())?
     } else {
         vec![]
     };

@@ -33,10 +33,21 @@ pub struct PduBuilder {
     pub state_key: Option<String>,
     pub redacts: Option<OwnedEventId>,
     pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
-    /// `(device_id, txn_id)` of a client send, for idempotency and `unsigned.transaction_id`.
-    pub transaction: Option<(String, String)>,
+    /// The client request's transaction, for idempotency and `unsigned.transaction_id`.
+    pub transaction: Option<Transaction>,
     /// Explicit `prev_events` (a fork); by default the room's forward extremities.
     pub prev_events: Option<Vec<OwnedEventId>>,
+}
+
+/// A client's transaction id (spec: "Transaction identifiers"). It is scoped to the device
+/// and to the endpoint, and, as in Synapse, to the room: the same id sent to another room
+/// or to `/redact` is another request.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    pub device: String,
+    /// `"send"` or `"redact"`.
+    pub endpoint: &'static str,
+    pub txn: String,
 }
 
 impl PduBuilder {
@@ -85,6 +96,15 @@ impl Rooms {
         builder: PduBuilder,
     ) -> Result<Pdu> {
         let _lock = self.lock_room(room_id).await;
+        // A retry that raced its original request (both passed the route's transaction
+        // check) finds the original's event here: it was appended under this lock, in the
+        // same batch as its transaction id.
+        if let Some(transaction) = &builder.transaction
+            && let Some(event_id) = self.existing_txn(sender, room_id, transaction)?
+            && let Some(pdu) = self.get_pdu(&event_id)?
+        {
+            return Ok(pdu);
+        }
         self.build_and_append_locked(sender, Some(room_id), builder)
     }
 
@@ -356,7 +376,7 @@ impl Rooms {
         state: &StateMap,
         version: &RoomVersionId,
         rules: &RoomVersionRules,
-        transaction: Option<(String, String)>,
+        transaction: Option<Transaction>,
     ) -> Result<Pdu> {
         let room_id: OwnedRoomId = pdu.room_id.clone();
         let shortroomid = self.get_or_create_shortroomid(&room_id)?;
@@ -365,10 +385,17 @@ impl Rooms {
             Some(k) => Some(self.get_or_create_shortstatekey(&pdu.state_event_type(), k)?),
             None => None,
         };
+        // A redaction only ever applies to an event of its own room.
         let redaction_target = match &pdu.redacts {
-            Some(target) if pdu.kind == TimelineEventType::RoomRedaction => self
-                .get_pdu_json(target)?
-                .map(|json| (target.clone(), json)),
+            Some(target)
+                if pdu.kind == TimelineEventType::RoomRedaction
+                    && self
+                        .get_pdu(target)?
+                        .is_some_and(|t| t.room_id == pdu.room_id) =>
+            {
+                self.get_pdu_json(target)?
+                    .map(|json| (target.clone(), json))
+            }
             _ => None,
         };
         let member_change = self.membership_change(&pdu, state)?;
@@ -450,8 +477,8 @@ impl Rooms {
                 [],
             );
 
-            if let Some((device, txn)) = &transaction {
-                for (k, v) in Self::txn_keys(&pdu.sender, device, txn, &pdu.event_id) {
+            if let Some(transaction) = &transaction {
+                for (k, v) in Self::txn_keys(&pdu.sender, &room_id, transaction, &pdu.event_id) {
                     c.put(&self.txnid_eventid, k, v);
                 }
             }

@@ -25,7 +25,7 @@ pub mod short;
 pub mod state;
 pub mod timeline;
 
-pub use builder::PduBuilder;
+pub use builder::{PduBuilder, Transaction};
 pub use pdu::{Pdu, PduEvent};
 
 pub struct Rooms {

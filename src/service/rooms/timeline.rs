@@ -8,6 +8,7 @@ use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomI
 
 use super::{
     Rooms,
+    builder::Transaction,
     pdu::{Pdu, PduEvent},
 };
 use crate::{
@@ -168,43 +169,44 @@ impl Rooms {
         Ok((dev == device_id.as_bytes()).then(|| String::from_utf8_lossy(txn).into_owned()))
     }
 
+    /// The event a transaction already created, if this request is a retry.
     pub fn existing_txn(
         &self,
         user_id: &UserId,
-        device_id: &str,
-        txn_id: &str,
+        room_id: &RoomId,
+        transaction: &Transaction,
     ) -> Result<Option<OwnedEventId>> {
-        let k = key::key(&[
-            b"t",
-            user_id.as_bytes(),
-            device_id.as_bytes(),
-            txn_id.as_bytes(),
-        ]);
         Ok(self
             .txnid_eventid
-            .get(k)?
+            .get(Self::txn_key(user_id, room_id, transaction))?
             .and_then(|v| EventId::parse(String::from_utf8_lossy(&v).as_ref()).ok()))
+    }
+
+    fn txn_key(user_id: &UserId, room_id: &RoomId, transaction: &Transaction) -> Vec<u8> {
+        key::key(&[
+            b"t",
+            user_id.as_bytes(),
+            transaction.device.as_bytes(),
+            room_id.as_bytes(),
+            transaction.endpoint.as_bytes(),
+            transaction.txn.as_bytes(),
+        ])
     }
 
     pub(super) fn txn_keys(
         user_id: &UserId,
-        device_id: &str,
-        txn_id: &str,
+        room_id: &RoomId,
+        transaction: &Transaction,
         event_id: &EventId,
     ) -> [(Vec<u8>, Vec<u8>); 2] {
         [
             (
-                key::key(&[
-                    b"t",
-                    user_id.as_bytes(),
-                    device_id.as_bytes(),
-                    txn_id.as_bytes(),
-                ]),
+                Self::txn_key(user_id, room_id, transaction),
                 event_id.as_bytes().to_vec(),
             ),
             (
                 key::key(&[b"e", event_id.as_bytes()]),
-                key::key(&[device_id.as_bytes(), txn_id.as_bytes()]),
+                key::key(&[transaction.device.as_bytes(), transaction.txn.as_bytes()]),
             ),
         ]
     }
