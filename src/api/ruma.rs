@@ -13,7 +13,7 @@ use http::{Request, header};
 use ruma::{
     OwnedDeviceId, OwnedUserId,
     api::{
-        IncomingRequest, IncomingRequestExt, Metadata as _, OutgoingResponse, OutgoingResponseExt,
+        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
         auth_scheme::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
             NoAccessToken, NoAuthentication,

@@ -61,8 +61,7 @@ async fn capabilities_route(
     capabilities.room_versions =
         RoomVersionsCapability::new(services.config().default_room_version.clone(), available);
     capabilities.change_password.enabled = true;
-    capabilities.set_displayname.enabled = true;
-    capabilities.set_avatar_url.enabled = true;
+    // Display name and avatar changes are allowed: the capabilities' defaults say so.
     capabilities.thirdparty_id_changes.enabled = false;
     Ok(get_capabilities::v3::Response::new(capabilities))
 }

@@ -453,7 +453,6 @@ async fn messages_route(
             };
             if past_to || (req.dir == Direction::Forward && count > upper) {
                 end = None;
-                cursor = count;
                 break 'scan;
             }
             cursor = match req.dir {

@@ -12,7 +12,7 @@ use super::{
     pdu::{Pdu, PduEvent},
 };
 use crate::{
-    database::key::{self, pair, split_pair, to_u64},
+    database::key::{self, pair, split_pair},
     error::{Error, Result},
 };
 
@@ -250,9 +250,5 @@ impl Rooms {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(event_id);
-    }
-
-    pub(super) fn pdu_count_from_bytes(bytes: &[u8]) -> u64 {
-        to_u64(&bytes[8..16])
     }
 }
