@@ -34,7 +34,20 @@ enum UserAction {
     },
 }
 
+/// glibc raises its mmap threshold to the size of the largest block freed, after which
+/// big short-lived buffers (argon2's 7 MiB per password hash) come from the heap and stay
+/// resident: measured, 7 MiB more memory per login, for good. A fixed threshold keeps
+/// them mmapped, so they go back to the system when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let args = Args::parse();
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
