@@ -18,7 +18,10 @@ fn the_example_config_is_the_defaults() {
     let example = load("conduit.toml.example");
     let defaults = Config::with_defaults("localhost", PathBuf::from("./conduit-db"));
     assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
-    assert!(!example.allow_registration, "registration must be off by default");
+    assert!(
+        !example.allow_registration,
+        "registration must be off by default"
+    );
     assert!(example.registration_token.is_none());
 }
 
@@ -109,7 +112,10 @@ fn every_key_is_in_the_example_and_the_docs() {
     }
     assert!(example.contains("[global.rate_limits]"));
     for key in &nested {
-        assert!(in_example(key), "conduit.toml.example lacks rate_limits.{key}");
+        assert!(
+            in_example(key),
+            "conduit.toml.example lacks rate_limits.{key}"
+        );
         assert!(
             docs.contains(&format!("| `rate_limits.{key}` |")),
             "docs/configuration.md lacks a row for `rate_limits.{key}`"
