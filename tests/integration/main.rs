@@ -5,4 +5,5 @@
 mod common;
 
 mod basics;
+mod client_compat;
 mod config_files;
