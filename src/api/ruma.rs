@@ -252,8 +252,28 @@ where
             return Err(Error::bad_json("Request body must be a JSON object"));
         }
 
+        // An `auth` object with neither `type` nor `session` authenticates nothing (matrix-nio
+        // opens token registration with `{"initial_device_display_name": ...}`): treat it
+        // as absent, so the client gets the 401 challenge, as from Synapse, instead of
+        // ruma's 400 for a missing `session`.
+        let mut json_body = json_body;
+        let mut rewritten = None;
+        if let Some(serde_json::Value::Object(map)) = &mut json_body
+            && map
+                .get("auth")
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"))
+        {
+            map.remove("auth");
+            rewritten = Some(serde_json::to_vec(&map).map_err(Error::internal)?);
+        }
+
         // ruma reads an empty body as no fields; give it `{}` so optional-only bodies parse.
-        let body_bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let body_bytes: &[u8] = match &rewritten {
+            Some(rewritten) => rewritten,
+            None if bytes.is_empty() => b"{}",
+            None => &bytes,
+        };
         let http_request = Request::from_parts(parts, body_bytes);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_request, &path_refs).map_err(map_parse_error)?;

@@ -6,7 +6,8 @@
 #
 # Builds the server (`cargo build`), starts it on a free loopback port with a temporary
 # database, registration open and rate limits off, runs the client test against it and
-# stops the server on exit, whatever happens. The client libraries are installed once
+# stops the server on exit, whatever happens. nio runs twice: with open registration and
+# on a server where only a registration token lets users in. The client libraries are installed once
 # into a cache directory:
 #   CLIENT_TEST_VENV   Python venv (default ${XDG_CACHE_HOME:-$HOME/.cache}/conduit-test-venv)
 #   CLIENT_TEST_NODE   npm prefix for matrix-js-sdk (default .../conduit-test-node)
@@ -101,8 +102,14 @@ urllib.request.urlopen(sys.argv[1] + "/_matrix/client/versions", timeout=1).read
 }
 
 # Starts a server with a fresh database in $tmp/$1; sets run_dir, server_pid and url.
+# Registration is open, or with $2 = a token, possible only with that token.
 start_server() {
     run_dir=$tmp/$1
+    local registration="allow_registration = true"
+    if [[ -n "${2:-}" ]]; then
+        registration="allow_registration = false
+registration_token = \"$2\""
+    fi
     mkdir -p "$run_dir"
     local port
     port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -112,7 +119,7 @@ server_name = "localhost"
 database_path = "$run_dir/db"
 address = "127.0.0.1"
 port = $port
-allow_registration = true
+$registration
 allow_federation = false
 log = "info,conduit=debug,ruma_state_res=warn"
 
@@ -144,8 +151,14 @@ EOF
 # --- clients --------------------------------------------------------------------------
 if want nio; then
     start_server nio
-    log "running the matrix-nio smoke test"
+    log "running the matrix-nio smoke test (open registration)"
     timeout --kill-after=5 120 "$venv/bin/python" "$here/nio_smoke.py" "$url"
+    stop_server
+    token=$("$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(16))')
+    start_server nio-token "$token"
+    log "running the matrix-nio smoke test (registration token only)"
+    NIO_SMOKE_REGISTRATION_TOKEN=$token \
+        timeout --kill-after=5 120 "$venv/bin/python" "$here/nio_smoke.py" "$url"
     stop_server
 fi
 if want js; then

@@ -8,6 +8,7 @@ mod account;
 mod account_data;
 mod auth_rules;
 mod basics;
+mod client_compat;
 mod config_files;
 mod crash;
 mod device;
