@@ -165,23 +165,32 @@ async fn kill_9_loses_no_acknowledged_message() {
     .unwrap();
     assert_eq!(status, StatusCode::OK, "{session}");
     let token = session["access_token"].as_str().unwrap();
-    let response = http
-        .get(format!(
-            "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+    // Everything the room holds, page by page (a page is at most 1000 events).
+    let mut stored = HashSet::new();
+    let mut from = String::new();
+    loop {
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000{from}",
             server.base,
             enc(&room)
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let page: Value = response.json().await.unwrap();
-    let stored: HashSet<String> = page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+        );
+        let page: Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for event in page["chunk"].as_array().unwrap() {
+            stored.insert(event["event_id"].as_str().unwrap().to_owned());
+        }
+        match page["end"].as_str() {
+            Some(end) => from = format!("&from={end}"),
+            None => break,
+        }
+    }
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(
         lost.is_empty(),
