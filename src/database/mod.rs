@@ -91,7 +91,7 @@ impl Database {
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(64 * 1024 * 1024);
         // Several small tables share the memtable budget instead of each getting its own.
-        db_opts.set_db_write_buffer_size(16 * 1024 * 1024);
+        db_opts.set_db_write_buffer_size(8 * 1024 * 1024);
 
         let cfs = TABLES
             .iter()

@@ -465,16 +465,12 @@ impl Rooms {
                 u64_key(current),
             );
 
-            for prev in &pdu.prev_events {
-                c.delete(
-                    &self.roomid_forwardextremities,
-                    Self::extremity_key(&room_id, prev),
-                );
-            }
+            let mut tips = other_tips.clone();
+            tips.push(pdu.event_id.clone());
             c.put(
                 &self.roomid_forwardextremities,
-                Self::extremity_key(&room_id, &pdu.event_id),
-                [],
+                room_id.as_bytes(),
+                Self::encode_extremities(&tips),
             );
 
             if let Some(transaction) = &transaction {

@@ -212,18 +212,20 @@ impl Rooms {
     }
 
     /// The room's forward extremities: the events no other event here points to yet.
+    /// Stored as one value per room, overwritten by each event: a key per tip, deleted as
+    /// the next event arrives, left a trail of tombstones that every send had to scan.
     pub fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
-        self.roomid_forwardextremities
-            .scan_prefix(key::prefix(&[room_id.as_bytes()]))
-            .map(|(k, _)| {
-                let id = key::last_str(&k).unwrap_or_default();
-                EventId::parse(id).map_err(Error::internal)
-            })
+        let Some(bytes) = self.roomid_forwardextremities.get(room_id.as_bytes())? else {
+            return Ok(vec![]);
+        };
+        key::parts(&bytes)
+            .filter(|p| !p.is_empty())
+            .map(|id| EventId::parse(String::from_utf8_lossy(id).as_ref()).map_err(Error::internal))
             .collect()
     }
 
-    pub(super) fn extremity_key(room_id: &RoomId, event_id: &EventId) -> Vec<u8> {
-        key::key(&[room_id.as_bytes(), event_id.as_bytes()])
+    pub(super) fn encode_extremities(tips: &[OwnedEventId]) -> Vec<u8> {
+        key::key(&tips.iter().map(|t| t.as_bytes()).collect::<Vec<_>>())
     }
 
     /// How an event is referenced from `prev_events`/`auth_events` in its room's version.
