@@ -28,6 +28,8 @@ impl Rooms {
     }
 
     pub fn set_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &str) -> Result<()> {
+        // Check and write under one lock: two requests for one alias must not both win.
+        let _guard = self.alias_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.alias_roomid.contains(alias.as_bytes())? {
             return Err(Error::new(
                 http::StatusCode::CONFLICT,

@@ -63,6 +63,7 @@ pub struct Rooms {
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     versions: RwLock<HashMap<OwnedRoomId, RoomVersionId>>,
     member_keys: RwLock<HashMap<u64, bool>>,
+    alias_lock: Mutex<()>,
 }
 
 impl Rooms {
@@ -105,6 +106,7 @@ impl Rooms {
             room_locks: Mutex::default(),
             versions: RwLock::default(),
             member_keys: RwLock::default(),
+            alias_lock: Mutex::new(()),
         })
     }
 
