@@ -63,8 +63,8 @@ pub struct Ruma<T> {
     pub body: T,
     pub sender_user: Option<OwnedUserId>,
     pub sender_device: Option<OwnedDeviceId>,
-    /// The body as JSON, for endpoints that need fields ruma does not model.
-    pub json_body: Option<serde_json::Value>,
+    /// The body as sent (already checked to be JSON), for `json_body`.
+    raw_body: bytes::Bytes,
     pub client_ip: Option<String>,
 }
 
@@ -78,6 +78,15 @@ impl<T> Ruma<T> {
         self.sender_device
             .as_deref()
             .expect("authenticated endpoint")
+    }
+
+    /// The body as a JSON tree, for the few endpoints that read fields ruma does not model.
+    /// Parsed on demand: the send path never pays for it.
+    pub fn json_body(&self) -> Option<serde_json::Value> {
+        if self.raw_body.is_empty() {
+            return None;
+        }
+        serde_json::from_slice(&self.raw_body).ok()
     }
 }
 
@@ -119,6 +128,11 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the body has an `"auth"` key anywhere: only then is the tree worth building.
+fn mentions_auth(body: &[u8]) -> bool {
+    body.windows(6).any(|w| w == b"\"auth\"")
 }
 
 /// Endpoints that create events or accounts are limited even where ruma's metadata says
@@ -227,9 +241,9 @@ where
             services.ratelimit.check(&key)?;
         }
 
-        let json_body = if bytes.is_empty() {
-            None
-        } else {
+        // Syntax and object checks scan the body without building a tree.
+        let mut raw_body = bytes;
+        if !raw_body.is_empty() {
             let is_json_endpoint = !parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -237,42 +251,38 @@ where
                 .is_some_and(|v| {
                     !v.starts_with("application/json") && !v.starts_with("text/plain")
                 });
-            match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(value) => Some(value),
+            match serde_json::from_slice::<&serde_json::value::RawValue>(&raw_body) {
+                Ok(raw) if !raw.get().starts_with('{') && parts.method != http::Method::GET => {
+                    return Err(Error::bad_json("Request body must be a JSON object"));
+                }
+                Ok(_) => {}
                 Err(_) if is_json_endpoint => {
                     return Err(Error::not_json("Request body is not valid JSON"));
                 }
-                Err(_) => None,
+                Err(_) => raw_body = bytes::Bytes::new(),
             }
-        };
-        if let Some(value) = &json_body
-            && !value.is_object()
-            && parts.method != http::Method::GET
-        {
-            return Err(Error::bad_json("Request body must be a JSON object"));
         }
 
         // An `auth` object with neither `type` nor `session` authenticates nothing (matrix-nio
         // opens token registration with `{"initial_device_display_name": ...}`): treat it
         // as absent, so the client gets the 401 challenge, as from Synapse, instead of
         // ruma's 400 for a missing `session`.
-        let mut json_body = json_body;
-        let mut rewritten = None;
-        if let Some(serde_json::Value::Object(map)) = &mut json_body
+        if mentions_auth(&raw_body)
+            && let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(&raw_body)
             && map
                 .get("auth")
                 .and_then(serde_json::Value::as_object)
                 .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"))
         {
             map.remove("auth");
-            rewritten = Some(serde_json::to_vec(&map).map_err(Error::internal)?);
+            raw_body = serde_json::to_vec(&map).map_err(Error::internal)?.into();
         }
 
         // ruma reads an empty body as no fields; give it `{}` so optional-only bodies parse.
-        let body_bytes: &[u8] = match &rewritten {
-            Some(rewritten) => rewritten,
-            None if bytes.is_empty() => b"{}",
-            None => &bytes,
+        let body_bytes: &[u8] = if raw_body.is_empty() {
+            b"{}"
+        } else {
+            &raw_body
         };
         let http_request = Request::from_parts(parts, body_bytes);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -281,7 +291,7 @@ where
             body,
             sender_user,
             sender_device,
-            json_body,
+            raw_body,
             client_ip,
         })
     }

@@ -207,7 +207,7 @@ async fn register_route(
     } else {
         vec![vec!["m.login.dummy"]]
     };
-    uiaa(&services, body.json_body.as_ref(), &flows, None).await?;
+    uiaa(&services, body.json_body().as_ref(), &flows, None).await?;
     // Checked again: the name may have been taken while the client did the dance.
     let user_id = new_user_id(&services, Some(user_id.localpart()))?;
     services
@@ -255,7 +255,7 @@ async fn login_route(
     services: Arc<Services>,
     body: Ruma<login::v3::Request>,
 ) -> Result<login::v3::Response> {
-    let json = body.json_body.clone().unwrap_or_default();
+    let json = body.json_body().unwrap_or_default();
     if json.get("type").and_then(Value::as_str) != Some("m.login.password") {
         return Err(
             Error::unknown("Unsupported login type").with_status(http::StatusCode::BAD_REQUEST)
@@ -340,7 +340,7 @@ async fn change_password_route(
     let user_id = body.user().to_owned();
     uiaa(
         &services,
-        body.json_body.as_ref(),
+        body.json_body().as_ref(),
         &[vec!["m.login.password"]],
         Some(&user_id),
     )
@@ -364,7 +364,7 @@ async fn deactivate_route(
     let user_id = body.user().to_owned();
     uiaa(
         &services,
-        body.json_body.as_ref(),
+        body.json_body().as_ref(),
         &[vec!["m.login.password"]],
         Some(&user_id),
     )

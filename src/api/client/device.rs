@@ -77,7 +77,8 @@ async fn update_device_route(
     }
     // Only a `display_name` key in the body changes the name; `null` clears it. ruma cannot
     // tell an absent key from `null`, so the raw body decides.
-    let Some(name) = body.json_body.as_ref().and_then(|b| b.get("display_name")) else {
+    let json = body.json_body();
+    let Some(name) = json.as_ref().and_then(|b| b.get("display_name")) else {
         return Ok(update_device::v3::Response::new());
     };
     let name = match name {
@@ -126,7 +127,7 @@ async fn delete_device_route(
     remove_devices(
         &services,
         body.user(),
-        body.json_body.as_ref(),
+        body.json_body().as_ref(),
         [body.body.device_id.as_str()],
     )
     .await?;
@@ -140,7 +141,7 @@ async fn delete_devices_route(
     remove_devices(
         &services,
         body.user(),
-        body.json_body.as_ref(),
+        body.json_body().as_ref(),
         body.body.devices.iter().map(|d| d.as_str()),
     )
     .await?;

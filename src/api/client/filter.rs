@@ -80,10 +80,7 @@ async fn create_filter_route(
     if body.body.user_id != body.user() {
         return Err(Error::forbidden("You may only create filters for yourself"));
     }
-    let filter = body
-        .json_body
-        .clone()
-        .unwrap_or_else(|| serde_json::json!({}));
+    let filter = body.json_body().unwrap_or_else(|| serde_json::json!({}));
     let id = services.account_data.create_filter(body.user(), &filter)?;
     Ok(create_filter::v3::Response::new(id))
 }

@@ -58,7 +58,7 @@ async fn create_room_route(
     if !services.config().allow_room_creation {
         return Err(Error::forbidden("Room creation is disabled on this server"));
     }
-    let json_body = body.json_body.clone().unwrap_or_default();
+    let json_body = body.json_body().unwrap_or_default();
     let version = req
         .room_version
         .clone()
