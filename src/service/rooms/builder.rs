@@ -117,6 +117,11 @@ impl Rooms {
         builder: PduBuilder,
     ) -> Result<Pdu> {
         let is_create = builder.event_type == TimelineEventType::RoomCreate;
+        // Read once: the room lock keeps the tips as they are until the event is appended.
+        let tips_before = match room_id {
+            Some(room_id) if !is_create => self.forward_extremities(room_id)?,
+            _ => vec![],
+        };
         // The state the event is authorised against: the current state on the fast path
         // (one forward extremity), else the resolution of the states at its prev_events.
         let (version, state_hash, state, prev_events): (
@@ -129,7 +134,7 @@ impl Rooms {
                 let version = self
                     .room_version(room_id)?
                     .ok_or_else(|| Error::not_found("Unknown room"))?;
-                let extremities = self.forward_extremities(room_id)?;
+                let extremities = tips_before.clone();
                 match builder.prev_events.clone() {
                     Some(prev) if prev != extremities => {
                         if prev.is_empty() || prev.len() > 20 {
@@ -344,6 +349,7 @@ impl Rooms {
             &version,
             &rules,
             builder.transaction,
+            tips_before,
         )
     }
 
@@ -377,6 +383,7 @@ impl Rooms {
         version: &RoomVersionId,
         rules: &RoomVersionRules,
         transaction: Option<Transaction>,
+        tips_before: Vec<OwnedEventId>,
     ) -> Result<Pdu> {
         let room_id: OwnedRoomId = pdu.room_id.clone();
         let shortroomid = self.get_or_create_shortroomid(&room_id)?;
@@ -403,14 +410,10 @@ impl Rooms {
 
         // Tips that stay after this event: where there are others, the room's current state
         // is the resolution of this event's state with theirs.
-        let other_tips: Vec<OwnedEventId> = if pdu.kind == TimelineEventType::RoomCreate {
-            vec![]
-        } else {
-            self.forward_extremities(&room_id)?
-                .into_iter()
-                .filter(|e| !pdu.prev_events.contains(e))
-                .collect()
-        };
+        let other_tips: Vec<OwnedEventId> = tips_before
+            .into_iter()
+            .filter(|e| !pdu.prev_events.contains(e))
+            .collect();
         let mut state_after = state.clone();
         if let Some(shortstatekey) = shortstatekey {
             state_after.insert(shortstatekey, shorteventid);
