@@ -1,6 +1,7 @@
 //! HTTP handlers: thin, one file per spec area.
 
 pub mod client;
+pub mod federation;
 pub mod router;
 pub mod ruma;
 pub mod server;

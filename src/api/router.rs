@@ -80,6 +80,7 @@ fn all_paths<Req: IncomingRequest>() -> Vec<String> {
 pub fn build(services: Arc<Services>) -> Router {
     let router = super::client::routes(Router::new());
     let router = super::server::routes(router);
+    let router = super::federation::routes(router);
     router
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)

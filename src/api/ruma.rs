@@ -66,12 +66,19 @@ pub struct Ruma<T> {
     /// The body as sent (already checked to be JSON), for `json_body`.
     raw_body: bytes::Bytes,
     pub client_ip: Option<String>,
+    /// The requesting server of a federation endpoint, from its verified `X-Matrix` header.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<T> Ruma<T> {
     /// The sender of an endpoint that requires authentication.
     pub fn user(&self) -> &ruma::UserId {
         self.sender_user.as_deref().expect("authenticated endpoint")
+    }
+
+    /// The verified origin of a federation request.
+    pub fn origin(&self) -> &ruma::ServerName {
+        self.origin.as_deref().expect("federation endpoint")
     }
 
     pub fn device(&self) -> &ruma::DeviceId {
@@ -293,6 +300,7 @@ where
             sender_device,
             raw_body,
             client_ip,
+            origin: None,
         })
     }
 }

@@ -55,6 +55,13 @@ pub const TABLES: &[&str] = &[
     "public_rooms",
     "relations",
     "room_info",
+    // federation: remote server keys, resolved destinations, the outgoing queue, incoming
+    // transaction ids
+    "server_signingkeys",
+    "servername_destination",
+    "outgoing_queue",
+    "outgoing_state",
+    "federation_txns",
 ];
 
 pub struct Database {

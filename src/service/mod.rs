@@ -6,16 +6,20 @@ use std::sync::Arc;
 use crate::{config::Config, database::Database, error::Result};
 
 pub mod account_data;
+pub mod federation;
 pub mod globals;
 pub mod notifier;
 pub mod ratelimit;
 pub mod rooms;
+pub mod sending;
 pub mod uiaa;
 pub mod users;
 
 pub struct Services {
     pub db: Arc<Database>,
     pub globals: Arc<globals::Globals>,
+    pub federation: Arc<federation::Federation>,
+    pub sending: Arc<sending::Sending>,
     pub notifier: Arc<notifier::Notifier>,
     pub users: users::Users,
     pub rooms: rooms::Rooms,
@@ -30,12 +34,25 @@ impl Services {
         let db = Database::open(&config.database_path, config.db_cache_capacity_mb)?;
         let globals = Arc::new(globals::Globals::new(config.clone(), &db)?);
         let notifier = Arc::new(notifier::Notifier::default());
+        let federation = Arc::new(federation::Federation::new(&db, Arc::clone(&globals))?);
+        let sending = Arc::new(sending::Sending::new(
+            &db,
+            Arc::clone(&globals),
+            Arc::clone(&federation),
+        )?);
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
-            rooms: rooms::Rooms::new(&db, Arc::clone(&globals), Arc::clone(&notifier))?,
+            rooms: rooms::Rooms::new(
+                &db,
+                Arc::clone(&globals),
+                Arc::clone(&notifier),
+                Arc::clone(&sending),
+            )?,
             account_data: account_data::AccountData::new(&db, Arc::clone(&notifier)),
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
+            federation,
+            sending,
             db,
             globals,
             notifier,

@@ -11,7 +11,7 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use crate::{
     database::{Database, Table, key::to_u64},
     error::Result,
-    service::{globals::Globals, notifier::Notifier},
+    service::{globals::Globals, notifier::Notifier, sending::Sending},
 };
 
 pub mod alias;
@@ -32,6 +32,7 @@ pub struct Rooms {
     pub(crate) db: Arc<Database>,
     pub(crate) globals: Arc<Globals>,
     pub(crate) notifier: Arc<Notifier>,
+    pub(crate) sending: Arc<Sending>,
     global: Table,
     roomid_shortroomid: Table,
     eventid_shorteventid: Table,
@@ -67,7 +68,12 @@ pub struct Rooms {
 }
 
 impl Rooms {
-    pub fn new(db: &Arc<Database>, globals: Arc<Globals>, notifier: Arc<Notifier>) -> Result<Self> {
+    pub fn new(
+        db: &Arc<Database>,
+        globals: Arc<Globals>,
+        notifier: Arc<Notifier>,
+        sending: Arc<Sending>,
+    ) -> Result<Self> {
         let global = db.table("global");
         let next_short = global
             .get(short::SHORTID_KEY)?
@@ -77,6 +83,7 @@ impl Rooms {
             db: Arc::clone(db),
             globals,
             notifier,
+            sending,
             global,
             roomid_shortroomid: db.table("roomid_shortroomid"),
             eventid_shorteventid: db.table("eventid_shorteventid"),

@@ -1,0 +1,5 @@
+use crate::api::router::AppRouter;
+
+pub fn routes(router: AppRouter) -> AppRouter {
+    router
+}
