@@ -1,5 +1,128 @@
-use crate::api::router::AppRouter;
+//! `PUT /_matrix/federation/v1/send/{txnId}`: a peer pushes PDUs and EDUs. Each PDU is
+//! judged on its own; one bad event does not fail the others. A repeated transaction id
+//! from the same origin gets the first answer again without processing anything.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    OwnedEventId, OwnedRoomId, api::federation::transactions::send_transaction_message,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::value::RawValue as RawJsonValue;
+
+use crate::{
+    api::{
+        router::{AppRouter, route},
+        ruma::Ruma,
+    },
+    error::{Error, Result},
+    service::{Services, rooms::incoming},
+};
+
+/// The spec's limits on one transaction.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
 
 pub fn routes(router: AppRouter) -> AppRouter {
-    router
+    route(router, send_transaction_route)
+}
+
+async fn send_transaction_route(
+    services: Arc<Services>,
+    request: Ruma<send_transaction_message::v1::Request>,
+) -> Result<send_transaction_message::v1::Response> {
+    let origin = request.origin().to_owned();
+    let body = request.body;
+    if body.origin != origin {
+        return Err(Error::forbidden(
+            "The transaction's origin is not the server that signed the request",
+        ));
+    }
+    if body.pdus.len() > MAX_PDUS || body.edus.len() > MAX_EDUS {
+        return Err(Error::bad_json(format!(
+            "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    let _lock = services.federation.inbound.lock_origin(&origin).await;
+    if let Some(done) = services
+        .federation
+        .inbound
+        .finished_transaction(&origin, &body.transaction_id)?
+    {
+        return Ok(send_transaction_message::v1::Response::new(done));
+    }
+
+    let mut results = BTreeMap::new();
+    for raw in &body.pdus {
+        let (event_id, result) = handle_pdu(&services, &origin, raw).await;
+        if let Some(event_id) = event_id {
+            results.insert(event_id, result.map_err(|e| e.message));
+        }
+    }
+    for edu in &body.edus {
+        // Typing, receipts, presence, device lists and to-device messages arrive with the
+        // services that own them; until then they are read and dropped.
+        if let Ok(edu) = edu.deserialize_as_unchecked::<serde_json::Value>() {
+            tracing::debug!(%origin, edu_type = ?edu.get("edu_type"), "EDU not handled yet");
+        }
+    }
+    services
+        .federation
+        .inbound
+        .finish_transaction(&origin, &body.transaction_id, &results)?;
+    Ok(send_transaction_message::v1::Response::new(results))
+}
+
+/// One PDU of a transaction; its id (when it has a readable one) and the outcome.
+async fn handle_pdu(
+    services: &Services,
+    origin: &ruma::ServerName,
+    raw: &RawJsonValue,
+) -> (Option<OwnedEventId>, Result<()>) {
+    let room_id: OwnedRoomId = match incoming::pdu_room_id(raw) {
+        Ok(room_id) => room_id,
+        Err(e) => {
+            tracing::info!(%origin, "dropping a PDU without a room: {e}");
+            return (None, Err(e));
+        }
+    };
+    let event_id = match event_id_for_report(services, &room_id, raw) {
+        Some(id) => id,
+        None => {
+            tracing::info!(%origin, %room_id, "dropping a PDU of a room this server is not in");
+            return (None, Err(Error::not_found("unknown room")));
+        }
+    };
+    match services.rooms.server_allowed(&room_id, origin) {
+        Ok(true) => {}
+        Ok(false) => {
+            return (
+                Some(event_id),
+                Err(Error::forbidden(
+                    "Server is banned from this room by its ACL",
+                )),
+            );
+        }
+        Err(e) => return (Some(event_id), Err(e)),
+    }
+    let result = services
+        .rooms
+        .handle_incoming_pdu(&services.federation, origin, &room_id, raw, true)
+        .await;
+    if let Err(e) = &result {
+        tracing::info!(%origin, %event_id, "PDU not accepted: {}", e.message);
+    }
+    (Some(event_id), result.map(|_| ()))
+}
+
+/// The id the sender knows the PDU by, for the response map.
+fn event_id_for_report(
+    services: &Services,
+    room_id: &ruma::RoomId,
+    raw: &RawJsonValue,
+) -> Option<OwnedEventId> {
+    let version = services.rooms.room_version(room_id).ok()??;
+    let rules: RoomVersionRules = version.rules()?;
+    let object = serde_json::from_str(raw.get()).ok()?;
+    incoming::event_id_of(&object, &rules).ok()
 }

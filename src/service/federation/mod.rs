@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+pub mod inbound;
+
 use ruma::{
     CanonicalJsonObject, RoomVersionId, ServerName,
     api::{
@@ -30,6 +32,8 @@ pub enum PduCheck {
 pub struct Federation {
     pub(crate) db: Arc<Database>,
     pub(crate) globals: Arc<Globals>,
+    /// Bookkeeping of incoming transactions.
+    pub inbound: inbound::Inbound,
 }
 
 impl Federation {
@@ -37,6 +41,7 @@ impl Federation {
         Ok(Self {
             db: Arc::clone(db),
             globals,
+            inbound: inbound::Inbound::new(db),
         })
     }
 

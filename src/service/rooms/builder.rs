@@ -350,6 +350,7 @@ impl Rooms {
             &rules,
             builder.transaction,
             tips_before,
+            true,
         )
     }
 
@@ -374,7 +375,8 @@ impl Rooms {
 
     /// Writes an authorised event, its state snapshot and every index in one batch, then
     /// wakes the users it concerns.
-    fn append_pdu(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn append_pdu(
         &self,
         mut object: CanonicalJsonObject,
         pdu: PduEvent,
@@ -384,6 +386,7 @@ impl Rooms {
         rules: &RoomVersionRules,
         transaction: Option<Transaction>,
         tips_before: Vec<OwnedEventId>,
+        apply_redaction: bool,
     ) -> Result<Pdu> {
         let room_id: OwnedRoomId = pdu.room_id.clone();
         let shortroomid = self.get_or_create_shortroomid(&room_id)?;
@@ -395,7 +398,8 @@ impl Rooms {
         // A redaction only ever applies to an event of its own room.
         let redaction_target = match &pdu.redacts {
             Some(target)
-                if pdu.kind == TimelineEventType::RoomRedaction
+                if apply_redaction
+                    && pdu.kind == TimelineEventType::RoomRedaction
                     && self
                         .get_pdu(target)?
                         .is_some_and(|t| t.room_id == pdu.room_id) =>

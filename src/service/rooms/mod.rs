@@ -16,6 +16,7 @@ use crate::{
 
 pub mod alias;
 pub mod builder;
+pub mod incoming;
 pub mod membership;
 pub mod pdu;
 pub mod power;
