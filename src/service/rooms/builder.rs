@@ -39,6 +39,20 @@ pub struct PduBuilder {
     pub prev_events: Option<Vec<OwnedEventId>>,
 }
 
+/// An event ready to be hashed and signed, with what appending it needs.
+pub struct Prepared {
+    /// The event without hashes, signatures or (from room version 3) id.
+    pub object: CanonicalJsonObject,
+    pub version: RoomVersionId,
+    pub rules: RoomVersionRules,
+    state_hash: Option<u64>,
+    /// The state the event is authorised against.
+    pub state: Arc<StateMap>,
+    transaction: Option<Transaction>,
+    tips_before: Vec<OwnedEventId>,
+    is_create: bool,
+}
+
 /// A client's transaction id (spec: "Transaction identifiers"). It is scoped to the device
 /// and to the endpoint, and, as in Synapse, to the room: the same id sent to another room
 /// or to `/redact` is another request.
@@ -116,6 +130,21 @@ impl Rooms {
         room_id: Option<&RoomId>,
         builder: PduBuilder,
     ) -> Result<Pdu> {
+        let prepared = self.prepare_event(sender, room_id, builder)?;
+        let (object, pdu) = self.hash_and_sign(prepared.object.clone(), &prepared.rules)?;
+        self.auth_check(&prepared.rules, &pdu, &prepared.state)?;
+        self.append_prepared(prepared, object, pdu)
+    }
+
+    /// Everything of a new event but its hashes, signatures and id: the template a
+    /// `make_join` answers with, or the first step of a local event. Hold the room lock
+    /// from here until the event is appended.
+    pub fn prepare_event(
+        &self,
+        sender: &UserId,
+        room_id: Option<&RoomId>,
+        builder: PduBuilder,
+    ) -> Result<Prepared> {
         let is_create = builder.event_type == TimelineEventType::RoomCreate;
         // Read once: the room lock keeps the tips as they are until the event is appended.
         let tips_before = match room_id {
@@ -307,7 +336,27 @@ impl Rooms {
             object.insert("unsigned".to_owned(), CanonicalJsonValue::Object(unsigned));
         }
 
-        if with_hashes {
+        Ok(Prepared {
+            object,
+            version,
+            rules,
+            state_hash,
+            state,
+            transaction: builder.transaction,
+            tips_before,
+            is_create,
+        })
+    }
+
+    /// Adds the content hash, this server's signature and, in room versions 1 and 2, a
+    /// fresh event id; derives the id from the reference hash in later versions.
+    pub fn hash_and_sign(
+        &self,
+        mut object: CanonicalJsonObject,
+        rules: &RoomVersionRules,
+    ) -> Result<(CanonicalJsonObject, PduEvent)> {
+        let with_hashes = matches!(rules.event_id_format, EventIdFormatVersion::V1);
+        if with_hashes && !object.contains_key("event_id") {
             let id = format!("${}:{}", random_string(18), self.globals.server_name());
             object.insert("event_id".to_owned(), CanonicalJsonValue::String(id));
         }
@@ -335,21 +384,29 @@ impl Rooms {
         if serde_json::to_vec(&object)?.len() > 65_535 {
             return Err(Error::too_large("Event is larger than 64 KiB"));
         }
+        Ok((object, pdu))
+    }
 
-        self.auth_check(&rules, &pdu, &state)?;
-        let room_id = pdu.room_id.clone();
-        if is_create {
-            self.room_info.put(room_id.as_bytes(), version.as_str())?;
+    /// Appends a prepared event once signed (and authorised: callers check).
+    pub fn append_prepared(
+        &self,
+        prepared: Prepared,
+        object: CanonicalJsonObject,
+        pdu: PduEvent,
+    ) -> Result<Pdu> {
+        if prepared.is_create {
+            self.room_info
+                .put(pdu.room_id.as_bytes(), prepared.version.as_str())?;
         }
         self.append_pdu(
             object,
             pdu,
-            state_hash,
-            &state,
-            &version,
-            &rules,
-            builder.transaction,
-            tips_before,
+            prepared.state_hash,
+            &prepared.state,
+            &prepared.version,
+            &prepared.rules,
+            prepared.transaction,
+            prepared.tips_before,
             true,
         )
     }
