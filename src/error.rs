@@ -49,6 +49,8 @@ kinds! {
     user_deactivated => FORBIDDEN, "M_USER_DEACTIVATED";
     bad_alias => BAD_REQUEST, "M_BAD_ALIAS";
     unknown => INTERNAL_SERVER_ERROR, "M_UNKNOWN";
+    incompatible_room_version => BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION";
+    unable_to_authorise_join => BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN";
 }
 
 impl Error {

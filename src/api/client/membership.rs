@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomOrAliasId, UserId,
     api::client::{
         knock::knock_room,
         membership::{
@@ -13,6 +13,7 @@ use ruma::{
             unban_user,
         },
     },
+    api::federation::query::get_room_information,
     events::{
         StateEventType,
         room::{join_rules::JoinRule, member::MembershipState},
@@ -26,7 +27,10 @@ use crate::{
         ruma::Ruma,
     },
     error::{Error, Result},
-    service::{Services, rooms::PduBuilder},
+    service::{
+        Services,
+        rooms::{PduBuilder, remote::candidate_servers},
+    },
 };
 
 pub fn routes(router: AppRouter) -> AppRouter {
@@ -90,13 +94,68 @@ async fn send_member(
 }
 
 pub async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    Ok(resolve_room_with_servers(services, room).await?.0)
+}
+
+/// The room an id or alias names, and for a remote alias the servers its home server says
+/// are in the room (`/query/directory`).
+pub async fn resolve_room_with_servers(
+    services: &Services,
+    room: &RoomOrAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     match <&RoomId>::try_from(room) {
-        Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => services
-            .rooms
-            .resolve_alias(alias)?
-            .ok_or_else(|| Error::not_found("Room alias not found")),
+        Ok(room_id) => Ok((room_id.to_owned(), vec![])),
+        Err(alias) if alias.server_name() == services.globals.server_name() => Ok((
+            services
+                .rooms
+                .resolve_alias(alias)?
+                .ok_or_else(|| Error::not_found("Room alias not found"))?,
+            vec![],
+        )),
+        Err(alias) => {
+            let response = services
+                .federation
+                .send(
+                    alias.server_name(),
+                    get_room_information::v1::Request::new(alias.to_owned()),
+                )
+                .await?;
+            Ok((response.room_id, response.servers))
+        }
     }
+}
+
+/// Whether a membership change must go through another server: the room is unknown here,
+/// or no user of this server is joined (our copy of its state may be stale).
+fn needs_remote(services: &Services, room_id: &RoomId) -> Result<bool> {
+    Ok(!services.rooms.exists(room_id)? || !services.rooms.is_resident(room_id)?)
+}
+
+/// Servers to ask about a room: the client's `via`, the server of whoever invited the
+/// user, the room id's server, and the servers of members we know of.
+fn servers_for(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    via: &[OwnedServerName],
+) -> Result<Vec<OwnedServerName>> {
+    let mut given = via.to_vec();
+    if let Some(record) = services.rooms.user_room(user_id, room_id)?
+        && let Ok(event_id) = ruma::EventId::parse(&record.event_id)
+        && let Some(event) = services.rooms.get_pdu(&event_id)?
+    {
+        given.push(event.sender.server_name().to_owned());
+    }
+    if services.rooms.exists(room_id)? {
+        for member in services.rooms.joined_members(room_id)? {
+            given.push(member.server_name().to_owned());
+        }
+    }
+    Ok(candidate_servers(
+        services.globals.server_name(),
+        room_id,
+        &given,
+    ))
 }
 
 pub async fn join(
@@ -104,11 +163,22 @@ pub async fn join(
     user_id: &UserId,
     room_id: &RoomId,
     reason: Option<&str>,
+    via: &[OwnedServerName],
 ) -> Result<()> {
-    if !services.rooms.exists(room_id)? {
-        return Err(Error::not_found("No known servers for this room"));
-    }
     let mut content = member_content(services, user_id, MembershipState::Join, reason)?;
+    if needs_remote(services, room_id)? {
+        let servers = servers_for(services, user_id, room_id, via)?;
+        if !servers.is_empty() {
+            services
+                .rooms
+                .join_remote(&services.federation, user_id, room_id, &servers, &content)
+                .await?;
+            return Ok(());
+        }
+        if !services.rooms.exists(room_id)? {
+            return Err(Error::not_found("No known servers for this room"));
+        }
+    }
     let state = services.rooms.current_state(room_id)?;
     let join_rule = services
         .rooms
@@ -163,6 +233,13 @@ pub async fn leave(
         None => return Err(Error::forbidden("You are not a member of this room")),
     }
     let content = member_content(services, user_id, MembershipState::Leave, reason)?;
+    if needs_remote(services, room_id)? {
+        let servers = servers_for(services, user_id, room_id, &[])?;
+        return services
+            .rooms
+            .leave_remote(&services.federation, user_id, room_id, &servers, &content)
+            .await;
+    }
     send_member(services, user_id, room_id, user_id, content).await
 }
 
@@ -179,17 +256,22 @@ pub async fn invite(
     {
         return Err(Error::not_found("Unknown user"));
     }
-    if target.server_name() != services.globals.server_name() {
-        return Err(Error::forbidden(
-            "Inviting users on other servers needs federation, which is not enabled yet",
-        ));
-    }
     if services.rooms.membership(target, room_id)? == Some(MembershipState::Join) {
         return Err(Error::forbidden("User is already in the room"));
     }
     let mut content = member_content(services, target, MembershipState::Invite, reason)?;
     if is_direct {
         content.insert("is_direct".to_owned(), json!(true));
+    }
+    if target.server_name() != services.globals.server_name() {
+        if !services.rooms.is_joined(sender, room_id)? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        services
+            .rooms
+            .invite_remote(&services.federation, sender, room_id, target, &content)
+            .await?;
+        return Ok(());
     }
     send_member(services, sender, room_id, target, content).await
 }
@@ -203,6 +285,7 @@ async fn join_by_id_route(
         body.user(),
         &body.body.room_id,
         body.body.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(join_room_by_id::v3::Response::new(
@@ -214,12 +297,15 @@ async fn join_by_id_or_alias_route(
     services: Arc<Services>,
     body: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    let room_id = resolve_room(&services, &body.body.room_id_or_alias).await?;
+    let (room_id, mut servers) =
+        resolve_room_with_servers(&services, &body.body.room_id_or_alias).await?;
+    servers.extend(body.body.via.iter().cloned());
     join(
         &services,
         body.user(),
         &room_id,
         body.body.reason.as_deref(),
+        &servers,
     )
     .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
@@ -340,16 +426,34 @@ async fn knock_route(
     services: Arc<Services>,
     body: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
-    let room_id = resolve_room(&services, &body.body.room_id_or_alias).await?;
-    if !services.rooms.exists(&room_id)? {
-        return Err(Error::not_found("No known servers for this room"));
-    }
+    let (room_id, mut servers) =
+        resolve_room_with_servers(&services, &body.body.room_id_or_alias).await?;
+    servers.extend(body.body.via.iter().cloned());
     let content = member_content(
         &services,
         body.user(),
         MembershipState::Knock,
         body.body.reason.as_deref(),
     )?;
+    if needs_remote(&services, &room_id)? {
+        let servers = servers_for(&services, body.user(), &room_id, &servers)?;
+        if !servers.is_empty() {
+            services
+                .rooms
+                .knock_remote(
+                    &services.federation,
+                    body.user(),
+                    &room_id,
+                    &servers,
+                    &content,
+                )
+                .await?;
+            return Ok(knock_room::v3::Response::new(room_id));
+        }
+    }
+    if !services.rooms.exists(&room_id)? {
+        return Err(Error::not_found("No known servers for this room"));
+    }
     send_member(&services, body.user(), &room_id, body.user(), content).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

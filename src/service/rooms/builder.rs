@@ -408,6 +408,7 @@ impl Rooms {
             prepared.transaction,
             prepared.tips_before,
             true,
+            true,
         )
     }
 
@@ -444,7 +445,11 @@ impl Rooms {
         transaction: Option<Transaction>,
         tips_before: Vec<OwnedEventId>,
         apply_redaction: bool,
+        // Send the event to the other servers in the room: for events made here and for
+        // those a remote server asked us, as the resident server, to add (send_join ...).
+        broadcast: bool,
     ) -> Result<Pdu> {
+        let _ = broadcast;
         let room_id: OwnedRoomId = pdu.room_id.clone();
         let shortroomid = self.get_or_create_shortroomid(&room_id)?;
         let shorteventid = self.get_or_create_shorteventid(&pdu.event_id)?;

@@ -151,6 +151,21 @@ impl Rooms {
         raw: &RawJsonValue,
         fill_gaps: bool,
     ) -> Result<(OwnedEventId, Incoming)> {
+        self.handle_incoming_pdu_inner(federation, origin, room_id, raw, fill_gaps, false)
+            .await
+    }
+
+    /// The pipeline; `broadcast` when this server, as a resident, adds an event a remote
+    /// server could not send to the room itself (`send_join`, `send_leave`, `send_knock`).
+    pub(super) async fn handle_incoming_pdu_inner(
+        &self,
+        federation: &Federation,
+        origin: &ServerName,
+        room_id: &RoomId,
+        raw: &RawJsonValue,
+        fill_gaps: bool,
+        broadcast: bool,
+    ) -> Result<(OwnedEventId, Incoming)> {
         let version = self
             .room_version(room_id)?
             .ok_or_else(|| Error::not_found("This server is not in the room"))?;
@@ -221,6 +236,7 @@ impl Rooms {
             None,
             tips,
             apply_redaction,
+            broadcast,
         )?;
         Ok((event_id, Incoming::Accepted))
     }

@@ -21,6 +21,8 @@ pub mod membership;
 pub mod pdu;
 pub mod power;
 pub mod relations;
+pub mod remote;
+pub mod resident;
 pub mod resolve;
 pub mod short;
 pub mod state;
