@@ -76,6 +76,11 @@ pub struct Database {
 
 const COUNTER_KEY: &[u8] = b"counter";
 
+/// Stream positions of live events start here; history fetched from other servers later
+/// (backfill) takes positions counting down from it, so a room's timeline stays one key
+/// range in the order of the room's history.
+pub const STREAM_BASE: u64 = 1 << 40;
+
 impl Database {
     pub fn open(path: &Path, cache_mb: f64) -> Result<Arc<Self>> {
         let cache = Cache::new_lru_cache((cache_mb.max(1.0) * 1024.0 * 1024.0) as usize);
@@ -107,7 +112,8 @@ impl Database {
         let counter = db
             .get_cf(db.cf_handle("global").expect("global table"), COUNTER_KEY)?
             .map(|v| key::to_u64(&v))
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(STREAM_BASE);
         Ok(Arc::new(Self {
             db,
             counter: AtomicU64::new(counter),

@@ -330,7 +330,11 @@ impl<'a> Visibility<'a> {
         {
             return Ok(true);
         }
-        let Some(hash) = self.services.rooms.state_before(&pdu.event_id)? else {
+        let Some(hash) = self
+            .services
+            .rooms
+            .visibility_state(&pdu.room_id, &pdu.event_id)?
+        else {
             return Ok(false);
         };
         if let Some(v) = self.cache.get(&hash) {
@@ -432,6 +436,9 @@ async fn messages_route(
     let mut chunk: Vec<Pdu> = Vec::new();
     let mut cursor = from;
     let mut end = None;
+    // Paging back past the oldest event here asks the room's other servers for more, once
+    // per request.
+    let mut may_backfill = req.dir == Direction::Backward && to.is_none();
     // Filtered-out events do not count towards the limit; scan in pages.
     'scan: loop {
         let page = match req.dir {
@@ -442,6 +449,18 @@ async fn messages_route(
             )?,
             Direction::Forward => services.rooms.events_after(room_id, cursor, limit * 2)?,
         };
+        if page.len() < limit * 2 && may_backfill {
+            may_backfill = false;
+            if services
+                .rooms
+                .backfill(&services.federation, room_id)
+                .await
+                .unwrap_or(0)
+                > 0
+            {
+                continue;
+            }
+        }
         if page.is_empty() {
             break;
         }

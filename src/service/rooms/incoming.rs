@@ -242,7 +242,11 @@ impl Rooms {
     }
 
     /// The state-independent rules and the rules against the event's own auth events.
-    fn auth_against_auth_events(&self, rules: &RoomVersionRules, pdu: &PduEvent) -> Result<()> {
+    pub(super) fn auth_against_auth_events(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &PduEvent,
+    ) -> Result<()> {
         let mut auth = HashMap::new();
         for id in &pdu.auth_events {
             let event = self
@@ -331,7 +335,7 @@ impl Rooms {
 
     /// Makes sure every event in `pdu`'s auth chain is here, fetching the chain with
     /// `/event_auth` when one is not.
-    async fn fetch_auth_chain(
+    pub(super) async fn fetch_auth_chain(
         &self,
         federation: &Federation,
         origin: &ServerName,

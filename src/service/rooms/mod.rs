@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub mod alias;
+pub mod backfill;
 pub mod builder;
 pub mod incoming;
 pub mod membership;

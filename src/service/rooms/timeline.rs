@@ -140,7 +140,7 @@ impl Rooms {
             .collect()
     }
 
-    fn cached_pdu(&self, bytes: &[u8]) -> Result<Pdu> {
+    pub(super) fn cached_pdu(&self, bytes: &[u8]) -> Result<Pdu> {
         Ok(Arc::new(PduEvent::from_json(bytes)?))
     }
 
