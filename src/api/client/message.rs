@@ -464,6 +464,7 @@ async fn messages_route(
         if page.is_empty() {
             break;
         }
+        let reached_start = req.dir == Direction::Backward && page.len() < limit * 2;
         for (count, pdu) in page {
             let past_to = match (req.dir, to) {
                 (Direction::Backward, Some(t)) => count <= t,
@@ -487,7 +488,7 @@ async fn messages_route(
             }
         }
         end = Some(cursor);
-        if req.dir == Direction::Backward && cursor == 0 {
+        if reached_start {
             end = None;
             break;
         }
