@@ -16,11 +16,14 @@ use crate::{
 
 pub mod alias;
 pub mod builder;
+pub mod directory;
+pub mod federation_format;
 pub mod membership;
 pub mod pdu;
 pub mod power;
 pub mod relations;
 pub mod resolve;
+pub mod server_access;
 pub mod short;
 pub mod state;
 pub mod timeline;
