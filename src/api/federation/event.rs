@@ -204,7 +204,7 @@ pub fn get_event_auth(
     event_in_room(services, origin, &request.room_id, &request.event_id)?;
     let chain = services
         .rooms
-        .auth_chain_for_federation(&request.room_id, &[request.event_id.clone()])?;
+        .auth_chain_for_federation(&request.room_id, std::slice::from_ref(&request.event_id))?;
     Ok(get_event_authorization::v1::Response::new(full_pdus(
         services, &chain,
     )?))

@@ -56,6 +56,48 @@ impl Rooms {
         }
     }
 
+    /// Whether a user of `server` is or ever was joined to the room. A member event's
+    /// auth events include the member's previous member event, so a user's membership
+    /// history is a chain back from the current one, whichever server sent the events.
+    pub fn server_ever_joined(&self, server: &ServerName, room_id: &RoomId) -> Result<bool> {
+        // Membership histories longer than this are not walked to their start.
+        const MAX_STEPS: usize = 100;
+        for (user, membership) in self.members(room_id, None)? {
+            if user.server_name() != server {
+                continue;
+            }
+            if membership == MembershipState::Join {
+                return Ok(true);
+            }
+            let mut current =
+                self.room_state_get(room_id, &StateEventType::RoomMember, user.as_str())?;
+            for _ in 0..MAX_STEPS {
+                let Some(event) = current else {
+                    break;
+                };
+                if event
+                    .content_field("membership")
+                    .as_ref()
+                    .and_then(|m| m.as_str())
+                    == Some(MembershipState::Join.as_str())
+                {
+                    return Ok(true);
+                }
+                current = None;
+                for id in &event.auth_events {
+                    if let Some(auth) = self.get_pdu(id)?
+                        && auth.kind == TimelineEventType::RoomMember
+                        && auth.state_key.as_deref() == Some(user.as_str())
+                    {
+                        current = Some(auth);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// The gate of every room-scoped federation read: the room is known here (404), the
     /// ACL admits `origin` (403) and `origin` is in the room or the room is world-readable
     /// (403).
@@ -101,7 +143,9 @@ impl Rooms {
         };
         let visibility = self.history_visibility(&*self.load_state(before)?)?;
         let wanted: &[MembershipState] = match visibility {
-            HistoryVisibility::WorldReadable | HistoryVisibility::Shared => return Ok(true),
+            HistoryVisibility::WorldReadable => return Ok(true),
+            // Shared history is for whoever is or was in the room, at any time.
+            HistoryVisibility::Shared => return self.server_ever_joined(server, &pdu.room_id),
             HistoryVisibility::Invited => &[MembershipState::Join, MembershipState::Invite],
             // `joined`, and any value this server does not know, the strictest rule.
             _ => &[MembershipState::Join],
