@@ -248,10 +248,11 @@ impl Rooms {
             if queued.contains(id) {
                 return Ok(());
             }
-            if let Some(pdu) = self.get_pdu(id)?
+            // Timeline events only: an outlier's place in the graph is not known here.
+            if let Some(count) = self.pdu_count(id)?
+                && let Some(pdu) = self.get_pdu(id)?
                 && pdu.room_id == room_id
             {
-                let count = self.pdu_count(id)?.unwrap_or(0);
                 queued.insert(id.to_owned());
                 queue.push((u64::from(pdu.depth), count, id.to_owned()));
             }
@@ -303,7 +304,7 @@ impl Rooms {
                     continue;
                 }
                 for prev in &pdu.prev_events {
-                    if !seen.insert(prev.clone()) {
+                    if !seen.insert(prev.clone()) || self.get_pduid(prev)?.is_none() {
                         continue;
                     }
                     let Some(prev_pdu) = self.get_pdu(prev)? else {
