@@ -93,7 +93,7 @@ async fn handle_pdu(
             return (None, Err(Error::not_found("unknown room")));
         }
     };
-    match services.rooms.server_allowed(&room_id, origin) {
+    match services.rooms.server_acl_allows(&room_id, origin) {
         Ok(true) => {}
         Ok(false) => {
             return (

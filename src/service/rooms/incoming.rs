@@ -22,7 +22,7 @@ use ruma::{
         authorization::get_event_authorization, event::get_event, event::get_missing_events,
         event::get_room_state_ids,
     },
-    events::{StateEventType, TimelineEventType, room::server_acl::RoomServerAclEventContent},
+    events::{StateEventType, TimelineEventType},
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     state_res,
 };
@@ -127,18 +127,6 @@ impl Rooms {
     /// event, not an outlier.
     pub fn has_state_for(&self, event_id: &EventId) -> Result<bool> {
         Ok(self.state_before(event_id)?.is_some())
-    }
-
-    /// Whether `m.room.server_acl` lets `server` take part in the room.
-    pub fn server_allowed(&self, room_id: &RoomId, server: &ServerName) -> Result<bool> {
-        let Some(acl) = self.room_state_get(room_id, &StateEventType::RoomServerAcl, "")? else {
-            return Ok(true);
-        };
-        Ok(match acl.content_json::<RoomServerAclEventContent>() {
-            Some(content) => content.is_allowed(server),
-            // An ACL that does not parse allows nobody (Synapse treats it the same way).
-            None => false,
-        })
     }
 
     /// The whole pipeline for a PDU that should enter the timeline: a PDU of a transaction,

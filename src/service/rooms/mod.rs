@@ -17,6 +17,8 @@ use crate::{
 pub mod alias;
 pub mod backfill;
 pub mod builder;
+pub mod directory;
+pub mod federation_format;
 pub mod incoming;
 pub mod membership;
 pub mod pdu;
@@ -25,6 +27,7 @@ pub mod relations;
 pub mod remote;
 pub mod resident;
 pub mod resolve;
+pub mod server_access;
 pub mod short;
 pub mod state;
 pub mod timeline;

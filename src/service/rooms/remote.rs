@@ -441,7 +441,7 @@ impl Rooms {
         let mut out = Vec::new();
         for kind in STRIPPED_TYPES {
             if let Some(pdu) = self.state_get(&state, kind, "")?
-                && let Some(json) = self.federation_json(&pdu.event_id)?
+                && let Some(json) = self.pdu_for_federation(&pdu.event_id)?
             {
                 out.push(RawStrippedState::Pdu(json));
             }

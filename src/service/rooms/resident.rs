@@ -2,8 +2,8 @@
 //! knocks on (`make_*` / `send_*`), and as the home of a user another server invites.
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId,
-    RoomVersionId, ServerName, UserId,
+    CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, ServerName,
+    UserId,
     events::{
         StateEventType, TimelineEventType,
         room::{
@@ -11,11 +11,12 @@ use ruma::{
             member::MembershipState,
         },
     },
-    room_version_rules::EventIdFormatVersion,
 };
 use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
-use super::{PduBuilder, Rooms, incoming::Incoming, state::StateMap};
+use super::{
+    PduBuilder, Rooms, federation_format::to_federation_format, incoming::Incoming, state::StateMap,
+};
 use crate::{
     error::{Error, Result},
     service::federation::Federation,
@@ -31,34 +32,6 @@ pub struct JoinState {
 }
 
 impl Rooms {
-    /// The event as peers see it: no `unsigned`, no `event_id` from room version 3 on.
-    pub fn federation_json(&self, event_id: &EventId) -> Result<Option<Box<RawJsonValue>>> {
-        let Some(mut object) = self.get_pdu_json(event_id)? else {
-            return Ok(None);
-        };
-        self.strip_for_federation(&mut object)?;
-        Ok(Some(to_raw_value(&object)?))
-    }
-
-    pub fn strip_for_federation(&self, object: &mut CanonicalJsonObject) -> Result<()> {
-        object.remove("unsigned");
-        let room = match object.get("room_id") {
-            Some(CanonicalJsonValue::String(id)) => RoomId::parse(id).ok(),
-            _ => None,
-        };
-        let ids_are_hashes = match room.and_then(|r| self.room_version(&r).ok().flatten()) {
-            Some(version) => version
-                .rules()
-                .is_none_or(|r| !matches!(r.event_id_format, EventIdFormatVersion::V1)),
-            // A v12 create event has no room_id; every version without one uses hashes.
-            None => true,
-        };
-        if ids_are_hashes {
-            object.remove("event_id");
-        }
-        Ok(())
-    }
-
     /// Whether a user of this server is joined: only then can this server make membership
     /// events for others.
     pub fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
@@ -67,19 +40,6 @@ impl Rooms {
             .joined_members(room_id)?
             .iter()
             .any(|u| u.server_name() == ours))
-    }
-
-    /// The servers of the room's joined members, this one first.
-    pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>> {
-        let ours = self.globals.server_name().to_string();
-        let mut servers = vec![ours.clone()];
-        for user in self.joined_members(room_id)? {
-            let server = user.server_name().to_string();
-            if !servers.contains(&server) {
-                servers.push(server);
-            }
-        }
-        Ok(servers)
     }
 
     /// `make_join` / `make_leave` / `make_knock`: an unsigned member event for a user of
@@ -103,7 +63,7 @@ impl Rooms {
         if !self.is_resident(room_id)? {
             return Err(Error::not_found("This server is not in the room"));
         }
-        if !self.server_allowed(room_id, origin)? {
+        if !self.server_acl_allows(room_id, origin)? {
             return Err(Error::forbidden(
                 "Server is banned from this room by its ACL",
             ));
@@ -223,24 +183,21 @@ impl Rooms {
                 membership.as_str()
             )));
         }
-        if !self.server_allowed(room_id, origin)? {
+        if !self.server_acl_allows(room_id, origin)? {
             return Err(Error::forbidden(
                 "Server is banned from this room by its ACL",
             ));
         }
 
         // A restricted join vouched for by one of our users carries our signature too.
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
         let mut object = checked.object.clone();
+        to_federation_format(&mut object, &rules);
         if let Some(authoriser) = &content.join_authorised_via_users_server
             && authoriser.server_name() == self.globals.server_name()
         {
-            let rules = version
-                .rules()
-                .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
-            let with_id = matches!(rules.event_id_format, EventIdFormatVersion::V1);
-            if !with_id {
-                object.remove("event_id");
-            }
             ruma::signatures::sign_event(
                 self.globals.server_name().as_str(),
                 &self.globals.keypair,
@@ -248,8 +205,6 @@ impl Rooms {
                 &rules.redaction,
             )
             .map_err(Error::internal)?;
-        } else {
-            self.strip_for_federation(&mut object)?;
         }
         let raw = to_raw_value(&object)?;
         let (event_id, outcome) = self
@@ -278,17 +233,21 @@ impl Rooms {
             state: Vec::with_capacity(ids.len()),
             auth_chain: Vec::new(),
             event: self
-                .federation_json(event_id)?
+                .pdu_for_federation(event_id)?
                 .ok_or_else(|| Error::not_found("Unknown event"))?,
-            servers_in_room: self.servers_in_room(room_id)?,
+            servers_in_room: self
+                .room_servers(room_id)?
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         };
         for id in &ids {
-            if let Some(json) = self.federation_json(id)? {
+            if let Some(json) = self.pdu_for_federation(id)? {
                 out.state.push(json);
             }
         }
         for id in chain.iter() {
-            if let Some(json) = self.federation_json(id)? {
+            if let Some(json) = self.pdu_for_federation(id)? {
                 out.auth_chain.push(json);
             }
         }

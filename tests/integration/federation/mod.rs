@@ -1,0 +1,3 @@
+//! Server-server API tests, one file per area.
+
+mod serve;
