@@ -503,9 +503,12 @@ impl Rooms {
             if let Some(change) = &member_change {
                 self.write_membership(c, &room_id, change, count)?;
             }
+            self.queue_outgoing(c, &pdu, &json)?;
             self.set_last_count(&room_id, count);
             Ok(count)
-        })?;
+        });
+        let count = count.inspect_err(|_| self.forget_joined_servers(&room_id))?;
+        self.sending.wake();
         if let Some((target, _)) = redaction_target {
             self.forget_cached(&target);
         }

@@ -17,6 +17,7 @@ use crate::{
 pub mod alias;
 pub mod builder;
 pub mod membership;
+pub mod outgoing;
 pub mod pdu;
 pub mod power;
 pub mod relations;
@@ -64,6 +65,8 @@ pub struct Rooms {
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     versions: RwLock<HashMap<OwnedRoomId, RoomVersionId>>,
     member_keys: RwLock<HashMap<u64, bool>>,
+    /// Joined members per server of each room (`outgoing.rs`).
+    room_servers: Mutex<HashMap<OwnedRoomId, outgoing::ServerCounts>>,
     alias_lock: Mutex<()>,
 }
 
@@ -113,6 +116,7 @@ impl Rooms {
             room_locks: Mutex::default(),
             versions: RwLock::default(),
             member_keys: RwLock::default(),
+            room_servers: Mutex::default(),
             alias_lock: Mutex::new(()),
         })
     }
