@@ -24,7 +24,7 @@ use crate::{
 pub mod queue;
 mod worker;
 
-pub use queue::{Backoff, Outgoing, OutgoingTransaction, Queued};
+pub use queue::{Backoff, MAX_EDUS, MAX_PDUS, Outgoing, OutgoingTransaction, Queued};
 
 pub struct Sending {
     pub(crate) db: Arc<Database>,

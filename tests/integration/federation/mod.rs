@@ -1,0 +1,3 @@
+//! Server-server API tests; each area has its own file.
+
+mod sending;
