@@ -107,9 +107,17 @@ impl Sending {
         Ok(())
     }
 
-    /// Wakes the senders after a commit that queued something.
+    /// Wakes the senders after a commit that queued something (cheap when it did not:
+    /// every local event calls it).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            self.wake.notify_one();
+        }
     }
 
     /// What is queued for `destination`, oldest first.
