@@ -61,6 +61,12 @@ pub struct Config {
     pub access_token_lifetime_ms: u64,
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// First wait before retrying a destination that failed a transaction, in ms; it
+    /// doubles with each failure in a row up to `federation_retry_max_ms`.
+    #[serde(default = "default_federation_retry_base_ms")]
+    pub federation_retry_base_ms: u64,
+    #[serde(default = "default_federation_retry_max_ms")]
+    pub federation_retry_max_ms: u64,
 }
 
 /// Token-bucket limits, per user (or per IP address before login).
@@ -131,6 +137,12 @@ fn default_per_second() -> f64 {
 }
 fn default_burst() -> u32 {
     50
+}
+fn default_federation_retry_base_ms() -> u64 {
+    5_000
+}
+fn default_federation_retry_max_ms() -> u64 {
+    60 * 60 * 1000
 }
 
 impl Config {

@@ -11,6 +11,8 @@ pub struct RunningServer {
     pub services: Arc<Services>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// The federation sender; it stops on the services' shutdown signal.
+    sender: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -21,6 +23,7 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let _ = self.task.await;
+        let _ = self.sender.await;
         if let Err(e) = self.services.db.flush() {
             tracing::error!("flushing the database failed: {e}");
         }
@@ -33,6 +36,10 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     let addr = listener
         .local_addr()
         .map_err(crate::error::Error::internal)?;
+    let sender = services.sending.start({
+        let services = Arc::clone(&services);
+        async move { services.shutdown_signal().await }
+    });
     let app = crate::api::router::build(Arc::clone(&services));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -52,5 +59,6 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         services,
         shutdown: Some(tx),
         task,
+        sender,
     })
 }

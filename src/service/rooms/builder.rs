@@ -449,7 +449,6 @@ impl Rooms {
         // those a remote server asked us, as the resident server, to add (send_join ...).
         broadcast: bool,
     ) -> Result<Pdu> {
-        let _ = broadcast;
         let room_id: OwnedRoomId = pdu.room_id.clone();
         let shortroomid = self.get_or_create_shortroomid(&room_id)?;
         let shorteventid = self.get_or_create_shorteventid(&pdu.event_id)?;
@@ -569,9 +568,12 @@ impl Rooms {
             if let Some(change) = &member_change {
                 self.write_membership(c, &room_id, change, count)?;
             }
+            self.queue_outgoing(c, &pdu, &json, broadcast)?;
             self.set_last_count(&room_id, count);
             Ok(count)
-        })?;
+        });
+        let count = count.inspect_err(|_| self.forget_joined_servers(&room_id))?;
+        self.sending.wake();
         if let Some((target, _)) = redaction_target {
             self.forget_cached(&target);
         }

@@ -107,10 +107,17 @@ impl Rooms {
     ) -> Result<()> {
         // A member event that keeps the membership (a profile change) is not a new join:
         // keep the position of the change, or `/sync` would resend the room whole.
-        let count = match self.user_room(&change.user_id, room_id)? {
+        let previous = self.user_room(&change.user_id, room_id)?;
+        let count = match &previous {
             Some(previous) if previous.membership == change.membership => previous.count,
             _ => count,
         };
+        self.note_membership(
+            room_id,
+            &change.user_id,
+            previous.as_ref().map(|p| &p.membership),
+            &change.membership,
+        )?;
         let record = UserRoom {
             membership: change.membership.clone(),
             count,

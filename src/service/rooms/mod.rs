@@ -21,6 +21,7 @@ pub mod directory;
 pub mod federation_format;
 pub mod incoming;
 pub mod membership;
+pub mod outgoing;
 pub mod pdu;
 pub mod power;
 pub mod relations;
@@ -71,6 +72,8 @@ pub struct Rooms {
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     versions: RwLock<HashMap<OwnedRoomId, RoomVersionId>>,
     member_keys: RwLock<HashMap<u64, bool>>,
+    /// Joined members per server of each room (`outgoing.rs`).
+    room_servers: Mutex<HashMap<OwnedRoomId, outgoing::ServerCounts>>,
     alias_lock: Mutex<()>,
 }
 
@@ -120,6 +123,7 @@ impl Rooms {
             room_locks: Mutex::default(),
             versions: RwLock::default(),
             member_keys: RwLock::default(),
+            room_servers: Mutex::default(),
             alias_lock: Mutex::new(()),
         })
     }

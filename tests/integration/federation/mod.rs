@@ -1,3 +1,4 @@
 //! Server-server API tests, one file per area.
 
+mod sending;
 mod serve;
