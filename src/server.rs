@@ -94,9 +94,8 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
 /// Loads the PEM certificate chain and key; ALPN offers h2 and HTTP/1.1.
 pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            Error::internal(format_args!("tls: cannot read {}: {e}", path.display()))
-        })
+        std::fs::read(path)
+            .map_err(|e| Error::internal(format_args!("tls: cannot read {}: {e}", path.display())))
     };
     let certs = rustls_pemfile::certs(&mut read(&tls.certs)?.as_slice())
         .collect::<Result<Vec<_>, _>>()

@@ -15,6 +15,7 @@ mod device;
 mod directory;
 mod discovery;
 mod errors;
+mod federation;
 mod messages;
 mod profile;
 mod relations;

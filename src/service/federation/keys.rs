@@ -156,8 +156,8 @@ pub fn rotate_signing_key(db: &Arc<Database>) -> Result<String> {
         .position(|b| *b == 0xFF)
         .ok_or_else(|| Error::internal("corrupt signing key"))?;
     let version = String::from_utf8_lossy(&stored[..split]).into_owned();
-    let old = Ed25519KeyPair::from_der(&stored[split + 1..], version.clone())
-        .map_err(Error::internal)?;
+    let old =
+        Ed25519KeyPair::from_der(&stored[split + 1..], version.clone()).map_err(Error::internal)?;
     let mut old_keys: BTreeMap<String, StoredKey> = match global.get(OLD_KEYS)? {
         Some(bytes) => serde_json::from_slice(&bytes)?,
         None => BTreeMap::new(),
@@ -278,8 +278,7 @@ impl Federation {
                         (
                             "expired_ts".to_owned(),
                             CanonicalJsonValue::Integer(
-                                ruma::Int::try_from(key.valid_until_ts)
-                                    .map_err(Error::internal)?,
+                                ruma::Int::try_from(key.valid_until_ts).map_err(Error::internal)?,
                             ),
                         ),
                     ]
@@ -438,7 +437,9 @@ impl Federation {
         let mut result: Option<ServerKeys> = None;
         for raw in &response.server_keys {
             let object = raw_to_object(raw)?;
-            if object.get("server_name").and_then(CanonicalJsonValue::as_str)
+            if object
+                .get("server_name")
+                .and_then(CanonicalJsonValue::as_str)
                 != Some(server.as_str())
             {
                 continue;
@@ -498,12 +499,10 @@ impl Federation {
             return Err(Error::forbidden(format!("Not signed by {server}")));
         }
         let keys = self.keys_valid_at(server, &wanted, now(), true).await?;
-        ruma::signatures::verify_json(&[(server.to_string(), keys)].into(), &object).map_err(
-            |e| {
-                tracing::debug!(%server, "signature refused: {e}");
-                Error::forbidden(format!("Invalid signature of {server}"))
-            },
-        )
+        ruma::signatures::verify_json(&[(server.to_string(), keys)].into(), &object).map_err(|e| {
+            tracing::debug!(%server, "signature refused: {e}");
+            Error::forbidden(format!("Invalid signature of {server}"))
+        })
     }
 
     /// Checks a PDU's content hash and the signatures the room version requires (the

@@ -1,0 +1,3 @@
+//! Federation: several servers in-process talking to each other over HTTPS.
+
+mod keys;
