@@ -533,3 +533,41 @@ async fn the_tls_port_negotiates_h2_and_http1_and_keeps_plain_http() {
     let (status, _) = raw_get(&server, "/_matrix/federation/v1/version", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn keys_of_a_server_that_is_down_come_from_a_trusted_notary() {
+    let a = TestServer::start_federated().await;
+    let b = TestServer::start_federated().await;
+    let a_name = a.server_name.clone();
+    let c = TestServer::start_federated_with(move |config| {
+        config.trusted_servers = vec![a_name.try_into().expect("name")];
+    })
+    .await;
+    let mut signed = object(json!({ "from": "b" }));
+    b.services().federation.sign(&mut signed).expect("signs");
+    let b_name = name(&b);
+
+    // A caches B's keys, then B goes away.
+    a.services()
+        .federation
+        .verify_json(&b_name, &signed)
+        .await
+        .expect("A fetches B's keys");
+    let mut b = b;
+    b.server.take().expect("running").stop().await;
+
+    c.services()
+        .federation
+        .verify_json(&b_name, &signed)
+        .await
+        .expect("C gets B's keys through A");
+    let mut forged = signed.clone();
+    forged.insert("from".to_owned(), "someone else".into());
+    let error = c
+        .services()
+        .federation
+        .verify_json(&b_name, &forged)
+        .await
+        .expect_err("still checked");
+    assert_eq!(error.errcode, "M_FORBIDDEN");
+}
