@@ -67,6 +67,34 @@ pub struct Config {
     pub federation_retry_base_ms: u64,
     #[serde(default = "default_federation_retry_max_ms")]
     pub federation_retry_max_ms: u64,
+    /// Serve HTTPS directly (without a reverse proxy): `[global.tls]`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Outgoing federation accepts any TLS certificate. Only for test setups with
+    /// self-signed certificates: it lets anyone on the path impersonate other servers.
+    #[serde(default)]
+    pub allow_invalid_tls_certificates: bool,
+    /// Time limit, in seconds, of one outgoing federation request (connecting, sending
+    /// and reading the whole answer).
+    #[serde(default = "default_federation_timeout")]
+    pub federation_timeout: u64,
+    /// Time limit, in seconds, of fetching a server's `/.well-known/matrix/server`.
+    #[serde(default = "default_well_known_timeout")]
+    pub well_known_timeout: u64,
+}
+
+/// `[global.tls]`: certificate and key in PEM files (Conduit's key names).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub certs: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Also accept plain HTTP on the TLS port, told apart by the first byte of the
+    /// connection (a TLS handshake starts with 0x16).
+    #[serde(default)]
+    pub dual_protocol: bool,
 }
 
 /// Token-bucket limits, per user (or per IP address before login).
@@ -131,6 +159,12 @@ fn default_log() -> String {
 }
 fn default_access_token_lifetime_ms() -> u64 {
     24 * 60 * 60 * 1000
+}
+fn default_federation_timeout() -> u64 {
+    30
+}
+fn default_well_known_timeout() -> u64 {
+    10
 }
 fn default_per_second() -> f64 {
     10.0

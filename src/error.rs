@@ -53,6 +53,49 @@ kinds! {
     unable_to_authorise_join => BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN";
 }
 
+/// The errcodes of the client-server and server-server specs, for [`Error::remote`].
+const KNOWN_ERRCODES: &[&str] = &[
+    "M_FORBIDDEN",
+    "M_UNKNOWN_TOKEN",
+    "M_MISSING_TOKEN",
+    "M_USER_LOCKED",
+    "M_USER_SUSPENDED",
+    "M_BAD_JSON",
+    "M_NOT_JSON",
+    "M_NOT_FOUND",
+    "M_LIMIT_EXCEEDED",
+    "M_UNRECOGNIZED",
+    "M_UNKNOWN",
+    "M_UNAUTHORIZED",
+    "M_USER_DEACTIVATED",
+    "M_USER_IN_USE",
+    "M_INVALID_USERNAME",
+    "M_ROOM_IN_USE",
+    "M_INVALID_ROOM_STATE",
+    "M_THREEPID_IN_USE",
+    "M_THREEPID_NOT_FOUND",
+    "M_THREEPID_AUTH_FAILED",
+    "M_THREEPID_DENIED",
+    "M_SERVER_NOT_TRUSTED",
+    "M_UNSUPPORTED_ROOM_VERSION",
+    "M_INCOMPATIBLE_ROOM_VERSION",
+    "M_BAD_STATE",
+    "M_GUEST_ACCESS_FORBIDDEN",
+    "M_CAPTCHA_NEEDED",
+    "M_CAPTCHA_INVALID",
+    "M_MISSING_PARAM",
+    "M_INVALID_PARAM",
+    "M_TOO_LARGE",
+    "M_EXCLUSIVE",
+    "M_RESOURCE_LIMIT_EXCEEDED",
+    "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
+    "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+    "M_BAD_ALIAS",
+    "M_UNABLE_TO_AUTHORISE_JOIN",
+    "M_UNABLE_TO_GRANT_JOIN",
+    "M_WRONG_ROOM_KEYS_VERSION",
+];
+
 impl Error {
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -95,6 +138,22 @@ impl Error {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", message)
+    }
+
+    /// An error another server answered with, kept with its status and errcode. The
+    /// errcode is one of the spec's (unknown ones become `M_UNKNOWN`, their name kept in the
+    /// message) so a peer cannot make us relay arbitrary codes.
+    pub fn remote(status: StatusCode, errcode: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        match KNOWN_ERRCODES.iter().find(|known| **known == errcode) {
+            Some(known) => Self::new(status, known, message),
+            None => Self::new(status, "M_UNKNOWN", format!("{errcode}: {message}")),
+        }
+    }
+
+    /// Another server could not be reached or gave no usable answer (502).
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
     }
 
     /// A user-interactive authentication challenge: 401 with the flows and session.

@@ -32,6 +32,8 @@ use crate::{
 pub trait AuthKind {
     const REQUIRED: bool;
     const ACCEPTS_TOKEN: bool = true;
+    /// A federation endpoint: the caller is a server proven by its `X-Matrix` signature.
+    const SERVER_SIGNATURES: bool = false;
 }
 impl AuthKind for AccessToken {
     const REQUIRED: bool = true;
@@ -54,8 +56,9 @@ impl AuthKind for NoAccessToken {
     const ACCEPTS_TOKEN: bool = false;
 }
 impl AuthKind for ruma::api::federation::authentication::ServerSignatures {
-    const REQUIRED: bool = false;
+    const REQUIRED: bool = true;
     const ACCEPTS_TOKEN: bool = false;
+    const SERVER_SIGNATURES: bool = true;
 }
 
 /// A parsed request with its authenticated sender.
@@ -239,7 +242,17 @@ where
             (None, None)
         };
 
-        if T::RATE_LIMITED || rate_limited_path(parts.uri.path()) {
+        let origin = if <T::Authentication as AuthKind>::SERVER_SIGNATURES {
+            Some(verify_x_matrix(services, &parts, &bytes).await?)
+        } else {
+            None
+        };
+
+        // Servers are not limited per request: their traffic is many users' (Synapse does
+        // the same); federation paths contain `/send/`, `/invite` and `/join` too.
+        let server_server = parts.uri.path().starts_with("/_matrix/federation/")
+            || parts.uri.path().starts_with("/_matrix/key/");
+        if !server_server && (T::RATE_LIMITED || rate_limited_path(parts.uri.path())) {
             let key = sender_user
                 .as_ref()
                 .map(ToString::to_string)
@@ -300,9 +313,37 @@ where
             sender_device,
             raw_body,
             client_ip,
-            origin: None,
+            origin,
         })
     }
+}
+
+/// The `X-Matrix` check of a federation request: the signed origin, or 401 (403 while
+/// federation is off). The signature covers the method, the path and query as sent, and
+/// the body bytes as received.
+async fn verify_x_matrix(
+    services: &Services,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<ruma::OwnedServerName> {
+    use ruma::api::federation::authentication::XMatrix;
+
+    if !services.config().allow_federation {
+        return Err(Error::forbidden("Federation is disabled on this server"));
+    }
+    let xmatrix = XMatrix::extract_from_http_headers(&parts.headers).map_err(|e| {
+        Error::unauthorized(format!("Missing or invalid X-Matrix authorization: {e}"))
+    })?;
+    let request = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .body(body)
+        .map_err(Error::internal)?;
+    services
+        .federation
+        .verify_request(&xmatrix, &request)
+        .await?;
+    Ok(xmatrix.origin)
 }
 
 /// Wraps a ruma response type so axum can send it.

@@ -1,14 +1,14 @@
-//! Server-server endpoints. Only the server's own keys and version for now; the federation
-//! transport builds on these.
+//! Server-server endpoints outside `/_matrix/federation`: the version, our key server and
+//! the notary key queries (spec: "Retrieving server keys").
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedServerSigningKeyId, ServerSigningKeyId,
+    MilliSecondsSinceUnixEpoch,
     api::federation::discovery::{
-        ServerSigningKeys, VerifyKey, get_server_keys, get_server_version,
+        get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
     },
-    serde::{Base64, Raw},
+    serde::Raw,
 };
 
 use super::{
@@ -22,6 +22,8 @@ use crate::{
 
 pub fn routes(router: AppRouter) -> AppRouter {
     let router = route(router, get_server_keys_route);
+    let router = route(router, get_remote_server_keys_route);
+    let router = route(router, get_remote_server_keys_batch_route);
     route(router, get_server_version_route)
 }
 
@@ -41,31 +43,67 @@ async fn get_server_keys_route(
     services: Arc<Services>,
     _: Ruma<get_server_keys::v2::Request>,
 ) -> Result<get_server_keys::v2::Response> {
-    let key_id: OwnedServerSigningKeyId =
-        ServerSigningKeyId::parse(services.globals.key_id()).map_err(Error::internal)?;
-    let mut verify_keys = BTreeMap::new();
-    verify_keys.insert(
-        key_id,
-        VerifyKey::new(Base64::new(services.globals.keypair.public_key().to_vec())),
-    );
-    let valid_until = MilliSecondsSinceUnixEpoch::from_system_time(
-        std::time::SystemTime::now() + Duration::from_secs(7 * 24 * 3600),
-    )
-    .ok_or_else(|| Error::internal("time overflow"))?;
-    let keys = ServerSigningKeys::new(services.globals.owned_server_name(), valid_until);
-    let mut keys = keys;
-    keys.verify_keys = verify_keys;
-    let mut object = ruma::canonical_json::to_canonical_value(&keys)
-        .map_err(Error::internal)?
-        .as_object()
-        .cloned()
-        .ok_or_else(|| Error::internal("keys are an object"))?;
-    ruma::signatures::sign_json(
-        services.globals.server_name().as_str(),
-        &services.globals.keypair,
-        &mut object,
-    )
-    .map_err(Error::internal)?;
-    let raw = Raw::from_json(serde_json::value::to_raw_value(&object)?);
-    Ok(get_server_keys::v2::Response::new(raw))
+    let object = services.federation.own_key_object()?;
+    Ok(get_server_keys::v2::Response::new(to_raw(&object)?))
+}
+
+/// Most servers one batch query may ask for: each may cost a request to that server.
+const MAX_NOTARY_SERVERS: usize = 50;
+
+/// `GET /_matrix/key/v2/query/{serverName}`: another server's keys, countersigned.
+async fn get_remote_server_keys_route(
+    services: Arc<Services>,
+    request: Ruma<get_remote_server_keys::v2::Request>,
+) -> Result<get_remote_server_keys::v2::Response> {
+    notary_allowed(&services)?;
+    let body = request.body;
+    let objects = services
+        .federation
+        .notary_keys(&body.server_name, body.minimum_valid_until_ts.get().into())
+        .await?;
+    let server_keys = objects.iter().map(to_raw).collect::<Result<_>>()?;
+    Ok(get_remote_server_keys::v2::Response::new(server_keys))
+}
+
+/// `POST /_matrix/key/v2/query`: several servers' keys at once, countersigned. The key
+/// ids asked for only narrow nothing: every known key of a server is returned, as the
+/// spec allows.
+async fn get_remote_server_keys_batch_route(
+    services: Arc<Services>,
+    request: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> Result<get_remote_server_keys_batch::v2::Response> {
+    notary_allowed(&services)?;
+    let wanted = request.body.server_keys;
+    if wanted.len() > MAX_NOTARY_SERVERS {
+        return Err(Error::too_large(format!(
+            "At most {MAX_NOTARY_SERVERS} servers per query"
+        )));
+    }
+    let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+    let mut server_keys = Vec::new();
+    for (server, criteria) in wanted {
+        let minimum = criteria
+            .values()
+            .filter_map(|c| c.minimum_valid_until_ts)
+            .map(|ts| u64::from(ts.get()))
+            .max()
+            .unwrap_or(now);
+        for object in services.federation.notary_keys(&server, minimum).await? {
+            server_keys.push(to_raw(&object)?);
+        }
+    }
+    Ok(get_remote_server_keys_batch::v2::Response::new(server_keys))
+}
+
+/// The notary endpoints make requests to other servers: not while federation is off.
+fn notary_allowed(services: &Services) -> Result<()> {
+    if services.config().allow_federation {
+        Ok(())
+    } else {
+        Err(Error::forbidden("Federation is disabled on this server"))
+    }
+}
+
+fn to_raw<T>(object: &ruma::CanonicalJsonObject) -> Result<Raw<T>> {
+    Ok(Raw::from_json(serde_json::value::to_raw_value(object)?))
 }

@@ -44,10 +44,55 @@ impl TestServer {
     }
 
     async fn start_in(dir: TempDir, config: Config) -> Self {
-        let server_name = config.server_name.to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::start_on(dir, config, listener).await
+    }
+
+    /// A server that federates: named `127.0.0.1:<port>` after the port it listens on,
+    /// serving HTTPS with a self-signed certificate to its peers (which accept any
+    /// certificate) and plain HTTP to the test client on the same port (`dual_protocol`).
+    /// No notaries: tests never reach the internet.
+    pub async fn start_federated() -> Self {
+        Self::start_federated_with(|_| {}).await
+    }
+
+    pub async fn start_federated_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server_name = format!("127.0.0.1:{}", addr.port());
+        let mut config = test_config(&server_name, dir.path().join("db"));
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .expect("self-signed certificate");
+        let certs = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&certs, cert.cert.pem()).expect("write cert");
+        std::fs::write(&key, cert.key_pair.serialize_pem()).expect("write key");
+        config.tls = Some(conduit::config::TlsConfig {
+            certs,
+            key,
+            dual_protocol: true,
+        });
+        config.allow_invalid_tls_certificates = true;
+        config.trusted_servers = Vec::new();
+        config.federation_timeout = 10;
+        configure(&mut config);
+        Self::start_on(dir, config, listener).await
+    }
+
+    pub fn services(&self) -> &std::sync::Arc<conduit::service::Services> {
+        &self.server.as_ref().expect("running").services
+    }
+
+    async fn start_on(dir: TempDir, config: Config, listener: tokio::net::TcpListener) -> Self {
+        let server_name = config.server_name.to_string();
         let server = conduit::server::start(config, listener)
             .await
             .expect("server starts");
@@ -71,7 +116,14 @@ impl TestServer {
             .services
             .config()
             .clone();
-        self.server.take().expect("running").stop().await;
+        let server = self.server.take().expect("running");
+        let addr = server.addr;
+        server.stop().await;
+        if config.tls.is_some() {
+            // A federated server's name holds its port: come back on the same one.
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+            return Self::start_on(self.dir, config, listener).await;
+        }
         Self::start_in(self.dir, config).await
     }
 

@@ -86,8 +86,12 @@ fn every_key_is_in_the_example_and_the_docs() {
     let nested = expected_fields(Figment::from(Serialized::defaults(
         serde_json::json!({ "rate_limits": { "no_such_key": 1 } }),
     )));
+    let tls = expected_fields(Figment::from(Serialized::defaults(serde_json::json!({
+        "tls": { "certs": "c", "key": "k", "no_such_key": 1 }
+    }))));
     assert!(top.contains(&"server_name".to_owned()), "{top:?}");
     assert!(nested.contains(&"per_second".to_owned()), "{nested:?}");
+    assert!(tls.contains(&"dual_protocol".to_owned()), "{tls:?}");
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("conduit.toml.example")).unwrap();
@@ -102,7 +106,7 @@ fn every_key_is_in_the_example_and_the_docs() {
         })
     };
     for key in &top {
-        if key != "rate_limits" {
+        if key != "rate_limits" && key != "tls" {
             assert!(in_example(key), "conduit.toml.example lacks `{key}`");
         }
         assert!(
@@ -111,6 +115,14 @@ fn every_key_is_in_the_example_and_the_docs() {
         );
     }
     assert!(example.contains("[global.rate_limits]"));
+    assert!(example.contains("#[global.tls]"));
+    for key in &tls {
+        assert!(in_example(key), "conduit.toml.example lacks tls.{key}");
+        assert!(
+            docs.contains(&format!("| `tls.{key}` |")),
+            "docs/configuration.md lacks a row for `tls.{key}`"
+        );
+    }
     for key in &nested {
         assert!(
             in_example(key),

@@ -1,14 +1,17 @@
-//! The server-server transport: resolving a server name to an address, signing outgoing
-//! requests with `X-Matrix`, and fetching, caching and checking remote signing keys.
+//! The server-server transport: resolving a server name to an address (`resolver`),
+//! signing and sending requests with `X-Matrix` (`client`), and fetching, caching and
+//! checking remote signing keys (`keys`).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 pub mod inbound;
 
 use ruma::{
-    CanonicalJsonObject, RoomVersionId, ServerName,
+    CanonicalJsonObject, ServerName,
     api::{
-        IncomingResponse, OutgoingRequest, federation::authentication::ServerSignatures,
+        IncomingResponse, OutgoingRequest, OutgoingRequestExt,
+        auth_scheme::NoAuthentication,
+        federation::authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
         path_builder::SinglePath,
     },
 };
@@ -18,6 +21,13 @@ use crate::{
     error::{Error, Result},
     service::globals::Globals,
 };
+
+mod client;
+mod keys;
+pub mod resolver;
+
+pub use keys::rotate_signing_key;
+pub use resolver::{Destination, Resolver};
 
 /// What checking a PDU's hashes and signatures found.
 #[derive(Debug)]
@@ -30,19 +40,51 @@ pub enum PduCheck {
 }
 
 pub struct Federation {
-    pub(crate) db: Arc<Database>,
     pub(crate) globals: Arc<Globals>,
     /// Bookkeeping of incoming transactions.
     pub inbound: inbound::Inbound,
+    resolver: Resolver,
+    client: client::Client,
+    keys: keys::KeyCache,
 }
 
 impl Federation {
     pub fn new(db: &Arc<Database>, globals: Arc<Globals>) -> Result<Self> {
+        let config = &globals.config;
+        let resolver = Resolver::new(
+            Duration::from_secs(config.well_known_timeout.max(1)),
+            config.allow_invalid_tls_certificates,
+        )?;
+        let client = client::Client::new(
+            resolver.overrides(),
+            Duration::from_secs(config.federation_timeout.max(1)),
+            config.allow_invalid_tls_certificates,
+        )?;
         Ok(Self {
-            db: Arc::clone(db),
+            keys: keys::KeyCache::new(db),
             globals,
             inbound: inbound::Inbound::new(db),
+            resolver,
+            client,
         })
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// Refuses when federation is off or the destination is this server, which is never
+    /// asked through the network.
+    fn check_destination(&self, destination: &ServerName) -> Result<()> {
+        if !self.globals.config.allow_federation {
+            return Err(Error::forbidden("Federation is disabled on this server"));
+        }
+        if destination == self.globals.server_name() {
+            return Err(Error::internal(format_args!(
+                "federation request to ourselves ({destination})"
+            )));
+        }
+        Ok(())
     }
 
     /// Signs `request` with `X-Matrix` and sends it to `destination`'s federation API,
@@ -55,29 +97,87 @@ impl Federation {
             + 'static,
         T::IncomingResponse: IncomingResponse + Send,
     {
-        let _ = (destination, request);
-        Err(Error::unknown("federation transport is not built yet"))
+        self.check_destination(destination)?;
+        let target = self.resolver.resolve(destination).await;
+        let input = XMatrixSigningInput::new(
+            self.globals.owned_server_name(),
+            destination.to_owned(),
+            &self.globals.keypair,
+        );
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&target.base_url, input, ())
+            .map_err(|e| Error::internal(format_args!("building federation request: {e}")))?;
+        self.client
+            .execute(
+                &self.resolver,
+                destination,
+                &target.host_header,
+                http_request,
+            )
+            .await
     }
 
-    /// Checks a PDU's content hash and the signatures the room version requires (the
-    /// sender's server, and for restricted joins the authorising server), fetching keys as
-    /// needed.
-    pub async fn verify_pdu(
+    /// Sends an unauthenticated request (the key endpoints) to `destination`.
+    pub async fn send_unauthenticated<T>(
         &self,
-        object: &CanonicalJsonObject,
-        version: &RoomVersionId,
-    ) -> Result<PduCheck> {
-        let _ = (object, version);
-        Err(Error::unknown("federation transport is not built yet"))
+        destination: &ServerName,
+        request: T,
+    ) -> Result<T::IncomingResponse>
+    where
+        T: OutgoingRequest<Authentication = NoAuthentication, PathBuilder = SinglePath>
+            + Send
+            + 'static,
+        T::IncomingResponse: IncomingResponse + Send,
+    {
+        self.check_destination(destination)?;
+        let target = self.resolver.resolve(destination).await;
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&target.base_url, (), ())
+            .map_err(|e| Error::internal(format_args!("building federation request: {e}")))?;
+        self.client
+            .execute(
+                &self.resolver,
+                destination,
+                &target.host_header,
+                http_request,
+            )
+            .await
     }
 
-    /// Checks that `object` carries a valid signature of `server`.
-    pub async fn verify_json(
+    /// Checks an incoming request's `X-Matrix` header: the destination is us and the
+    /// signature over method, URI and body verifies with one of the origin's current keys.
+    /// Every failure is `401 M_UNAUTHORIZED`.
+    pub async fn verify_request(
         &self,
-        server: &ServerName,
-        object: &CanonicalJsonObject,
+        xmatrix: &XMatrix,
+        request: &http::Request<&[u8]>,
     ) -> Result<()> {
-        let _ = (server, object);
-        Err(Error::unknown("federation transport is not built yet"))
+        let ours = self.globals.server_name();
+        if xmatrix.destination.as_deref().is_some_and(|d| d != ours) {
+            return Err(Error::unauthorized(
+                "X-Matrix destination is not this server",
+            ));
+        }
+        let origin = xmatrix.origin.as_str();
+        let key_ids = [xmatrix.key.to_string()];
+        let keys = match self
+            .keys_valid_at(&xmatrix.origin, &key_ids, keys::now(), true)
+            .await
+        {
+            Ok(keys) if keys.contains_key(xmatrix.key.as_str()) => keys,
+            Ok(_) | Err(_) => {
+                return Err(Error::unauthorized(format!(
+                    "Unknown or expired key {} of {origin}",
+                    xmatrix.key
+                )));
+            }
+        };
+        let map = [(origin.to_owned(), keys)].into();
+        xmatrix
+            .verify_http_request(request, ours, &map)
+            .map_err(|e| {
+                tracing::debug!(%origin, "X-Matrix signature refused: {e}");
+                Error::unauthorized("Invalid X-Matrix signature")
+            })
     }
 }

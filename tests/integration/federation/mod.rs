@@ -1,4 +1,5 @@
 //! Server-server API tests, one file per area.
 
+mod keys;
 mod sending;
 mod serve;
