@@ -106,6 +106,21 @@ impl TestServer {
         }
     }
 
+    /// Stops the server, runs `while_down` (the port stays closed, so peers see a dead
+    /// server), then starts it again on the same port and database.
+    pub async fn restart_after<F: std::future::Future<Output = ()>>(
+        mut self,
+        while_down: impl FnOnce() -> F,
+    ) -> Self {
+        let config = self.services().config().clone();
+        let server = self.server.take().expect("running");
+        let addr = server.addr;
+        server.stop().await;
+        while_down().await;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        Self::start_on(self.dir, config, listener).await
+    }
+
     /// Stops the server (graceful shutdown, database flushed) and starts a new one on the
     /// same database.
     pub async fn restart(mut self) -> Self {

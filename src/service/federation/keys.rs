@@ -81,6 +81,9 @@ pub(super) struct KeyCache {
     global: Table,
     memory: Mutex<HashMap<OwnedServerName, Arc<ServerKeys>>>,
     last_fetch: Mutex<HashMap<(OwnedServerName, String), Instant>>,
+    /// One fetch per server at a time: a verifier that finds no key waits for the fetch
+    /// already under way instead of finding the refetch clock set and giving up.
+    fetching: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl KeyCache {
@@ -90,6 +93,7 @@ impl KeyCache {
             global: db.table("global"),
             memory: Mutex::default(),
             last_fetch: Mutex::default(),
+            fetching: Mutex::default(),
         }
     }
 
@@ -119,6 +123,17 @@ impl KeyCache {
             .expect("keys lock")
             .insert(server.to_owned(), Arc::clone(&merged));
         Ok(merged)
+    }
+
+    async fn fetch_lock(&self, server: &ServerName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(
+            self.fetching
+                .lock()
+                .expect("fetch lock")
+                .entry(server.to_owned())
+                .or_default(),
+        );
+        lock.lock_owned().await
     }
 
     /// Whether asking `server` again (for `reason`, a key id) is allowed now; records the
@@ -355,6 +370,15 @@ impl Federation {
         if server == self.globals.server_name() {
             return Ok(usable(&self.own_keys()?));
         }
+        let cached = self.keys.get(server)?;
+        if let Some(keys) = &cached {
+            let set = usable(keys);
+            if wanted.iter().any(|id| set.contains_key(id)) {
+                return Ok(set);
+            }
+        }
+        let _fetching = self.keys.fetch_lock(server).await;
+        // Another verifier may have fetched the keys while this one waited.
         let cached = self.keys.get(server)?;
         if let Some(keys) = &cached {
             let set = usable(keys);

@@ -90,6 +90,17 @@ pub fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Re
     }
 }
 
+/// From room version 12 the create event is not listed in `auth_events`: its id is the
+/// room id's opaque part.
+fn implied_create(rules: &RoomVersionRules, pdu: &PduEvent) -> Option<OwnedEventId> {
+    if !rules.authorization.room_create_event_id_as_room_id
+        || pdu.kind == TimelineEventType::RoomCreate
+    {
+        return None;
+    }
+    EventId::parse(format!("${}", pdu.room_id.as_str().strip_prefix('!')?)).ok()
+}
+
 impl Rooms {
     /// Format, size, signature and hash checks. Nothing is stored.
     pub async fn check_pdu(
@@ -236,7 +247,11 @@ impl Rooms {
         pdu: &PduEvent,
     ) -> Result<()> {
         let mut auth = HashMap::new();
-        for id in &pdu.auth_events {
+        for id in pdu
+            .auth_events
+            .iter()
+            .chain(implied_create(rules, pdu).as_ref())
+        {
             let event = self
                 .get_pdu(id)?
                 .ok_or_else(|| Error::forbidden(format!("auth event {id} is unknown")))?;
@@ -332,7 +347,14 @@ impl Rooms {
         pdu: &PduEvent,
     ) -> Result<()> {
         let mut unknown = false;
-        for id in &pdu.auth_events {
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
+        for id in pdu
+            .auth_events
+            .iter()
+            .chain(implied_create(&rules, pdu).as_ref())
+        {
             if self.get_pdu(id)?.is_none() {
                 unknown = true;
             }
@@ -380,7 +402,8 @@ impl Rooms {
             let ready: Vec<OwnedEventId> = pending
                 .iter()
                 .filter(|(_, c)| {
-                    c.pdu.auth_events.iter().all(|a| {
+                    let create = implied_create(&rules, &c.pdu);
+                    c.pdu.auth_events.iter().chain(create.as_ref()).all(|a| {
                         !pending.contains_key(a) && self.get_pdu(a).ok().flatten().is_some()
                     })
                 })
