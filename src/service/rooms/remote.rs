@@ -560,6 +560,19 @@ impl Rooms {
         )
         .map_err(Error::internal)?;
 
+        // Already in the room: the invite is an event of a room we hold, and must be in our
+        // state before the user answers it (the same event arrives again, later, in a
+        // transaction).
+        if self.exists(room_id)? && self.is_resident(room_id)? {
+            let raw = to_raw_value(&object)?;
+            match self
+                .handle_incoming_pdu(federation, origin, room_id, &raw, true)
+                .await
+            {
+                Ok(_) => return Ok(raw),
+                Err(e) => tracing::info!(%event_id, "invite not added to the room's graph: {e}"),
+            }
+        }
         let mut stripped = stripped_from(invite_room_state);
         stripped.push(pdu.to_stripped_json());
         let mut stored = object.clone();
