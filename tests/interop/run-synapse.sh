@@ -4,13 +4,13 @@
 #            test client through dual_protocol), database in a temporary directory
 #   synapse: server name 127.0.0.2:8448, client API http://127.0.0.2:8008
 # Then tests/interop/synapse.py drives users on both sides through the client APIs.
-# Usage: tests/interop/run-synapse.sh   (env: CONDUIT_BIN to use a built binary, SHARED to
+# Usage: tests/interop/run-synapse.sh   (env: SERVER_BIN to use a built binary, SHARED to
 #        point at the shared folder, KEEP=1 to leave both servers running)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 SHARED="${SHARED:-$ROOT/../shared}"
 WORK="$(mktemp -d)"
-BIN="${CONDUIT_BIN:-}"
+BIN="${SERVER_BIN:-}"
 if [ -z "$BIN" ]; then
   (cd "$ROOT" && cargo build --locked --quiet)
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/conduit"
