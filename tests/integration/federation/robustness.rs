@@ -14,9 +14,9 @@ use ruma::{
     api::federation::{
         authentication::{XMatrix, XMatrixSigningInput},
         event::{get_event, get_room_state_ids},
-        membership::prepare_join_event,
+        membership::{create_join_event, prepare_join_event},
     },
-    events::{StateEventType, TimelineEventType},
+    events::{StateEventType, TimelineEventType, room::member::MembershipState},
     room_version_rules::RoomVersionRules,
     signatures::Ed25519KeyPair,
 };
@@ -836,6 +836,53 @@ async fn knocking_and_restricted_joins_across_servers() {
         membership_on(&a, &alice, &lobby, &bob.user_id).await == "join"
     })
     .await;
+    // Carol's server skips make_join and names alice as authoriser itself: a's
+    // signature, which the auth rules trust, is not given to a user the rules keep out.
+    let (template_version, template) = a
+        .services()
+        .rooms
+        .membership_template(
+            &name(&b),
+            room_id(&inner),
+            &UserId::parse(&bob.user_id).unwrap(),
+            MembershipState::Join,
+            None,
+        )
+        .await
+        .expect("bob may join");
+    let mut forged: CanonicalJsonObject = serde_json::from_str(template.get()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&forged["content"]).unwrap()["join_authorised_via_users_server"],
+        alice.user_id
+    );
+    for field in ["sender", "state_key"] {
+        forged.insert(
+            field.to_owned(),
+            CanonicalJsonValue::String(carol.user_id.clone()),
+        );
+    }
+    let rules = template_version.rules().unwrap();
+    let (mut forged, pdu) = b.services().rooms.hash_and_sign(forged, &rules).unwrap();
+    to_federation_format(&mut forged, &rules);
+    let error = b
+        .services()
+        .federation
+        .send(
+            &name(&a),
+            create_join_event::v2::Request::new(
+                room_id(&inner).to_owned(),
+                pdu.event_id.clone(),
+                serde_json::value::to_raw_value(&forged).unwrap(),
+            ),
+        )
+        .await
+        .expect_err("a does not vouch for carol");
+    assert_eq!(error.status, StatusCode::FORBIDDEN, "{error}");
+    assert_ne!(
+        membership_on(&a, &alice, &inner, &carol.user_id).await,
+        "join"
+    );
+
     let (status, body) = join_via(&b, &bob, &inner, &a.server_name).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_until("bob in the inner room on a", || async {
