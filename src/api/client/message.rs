@@ -610,7 +610,10 @@ async fn get_event_route(
         .get_pdu(&req.event_id)?
         .filter(|p| p.room_id == req.room_id)
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    if !Visibility::new(&services, body.user(), &req.room_id)?.can_see(&pdu)? {
+    // A soft-failed event is kept for the graph only; as in Synapse, no client sees it.
+    if services.rooms.is_soft_failed(&pdu.event_id)?
+        || !Visibility::new(&services, body.user(), &req.room_id)?.can_see(&pdu)?
+    {
         return Err(Error::not_found("Event not found"));
     }
     let txn = services.rooms.transaction_id_for(

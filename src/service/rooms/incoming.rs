@@ -140,6 +140,12 @@ impl Rooms {
         Ok(self.state_before(event_id)?.is_some())
     }
 
+    /// Whether the event was soft-failed: it has a state (it is in the graph) but never
+    /// entered the timeline. Clients are never shown such an event.
+    pub fn is_soft_failed(&self, event_id: &EventId) -> Result<bool> {
+        Ok(self.get_pduid(event_id)?.is_none() && self.has_state_for(event_id)?)
+    }
+
     /// The whole pipeline for a PDU that should enter the timeline: a PDU of a transaction,
     /// or one fetched to close a gap (`fill_gaps` false: its own gaps are not chased further).
     pub async fn handle_incoming_pdu(

@@ -29,7 +29,8 @@ pub(super) type ServerCounts = HashMap<OwnedServerName, usize>;
 impl Rooms {
     /// Queues an event in its own commit for every server that must see it: the servers
     /// with members joined to the room, and for a member event the target's server (an
-    /// invited, kicked or banned user's server learns of it even with nobody joined).
+    /// invited, kicked or banned user's server learns of it even with nobody joined), less
+    /// those the room's server ACL denies.
     /// `broadcast` says whether this server distributes the event: yes for events made
     /// here and for the member events a remote server asks us, as a resident, to add
     /// (`send_join`, `send_leave`, `send_knock`); no for events received over federation,
@@ -54,6 +55,12 @@ impl Rooms {
             && !servers.iter().any(|s| s == target.server_name())
         {
             servers.push(target.server_name().to_owned());
+        }
+        // A server the room's ACL denies takes no part in the room, so it is sent none of
+        // its events. (Synapse still sends them; but an ACL is how a room shuts a hostile
+        // server out, and what it is sent it can read.)
+        if let Some(acl) = self.server_acl(&pdu.room_id)? {
+            servers.retain(|s| acl.is_allowed(s));
         }
         if servers.is_empty() {
             return Ok(());

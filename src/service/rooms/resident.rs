@@ -2,8 +2,8 @@
 //! knocks on (`make_*` / `send_*`), and as the home of a user another server invites.
 
 use ruma::{
-    CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, ServerName,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId,
+    RoomVersionId, ServerName, UserId,
     events::{
         StateEventType, TimelineEventType,
         room::{
@@ -11,6 +11,7 @@ use ruma::{
             member::MembershipState,
         },
     },
+    room_version_rules::RoomVersionRules,
 };
 use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
@@ -127,9 +128,18 @@ impl Rooms {
             _ => false,
         });
         if !allowed {
-            return Err(Error::unable_to_authorise_join(
-                "The user is not in any room the join rules allow",
-            ));
+            // M_UNABLE_TO_AUTHORISE_JOIN says this server cannot check the conditions (it
+            // is in none of the allowed rooms), so another server might; when it can
+            // check them, the user is simply not allowed (403, as Synapse answers).
+            let can_check = rule.allow.iter().any(|allow| match allow {
+                AllowRule::RoomMembership(m) => self.is_resident(&m.room_id).unwrap_or(false),
+                _ => false,
+            });
+            return Err(if can_check {
+                Error::forbidden("The user is not in any room the join rules allow")
+            } else {
+                Error::unable_to_authorise_join("This server is in none of the allowed rooms")
+            });
         }
         let power = self.power_levels_at(room_id, &state)?;
         let ours = self.globals.server_name();
@@ -154,7 +164,13 @@ impl Rooms {
         let version = self
             .room_version(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let checked = self.check_pdu(federation, &version, raw).await?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
+        let vouched = self.vouch_for_join(room_id, raw, &rules)?;
+        let checked = self
+            .check_pdu(federation, &version, vouched.as_deref().unwrap_or(raw))
+            .await?;
         if checked.event_id != event_id {
             return Err(Error::bad_json("The event id does not match the event"));
         }
@@ -172,7 +188,6 @@ impl Rooms {
         #[derive(serde::Deserialize)]
         struct Content {
             membership: MembershipState,
-            join_authorised_via_users_server: Option<OwnedUserId>,
         }
         let content: Content = pdu
             .content_json()
@@ -189,23 +204,8 @@ impl Rooms {
             ));
         }
 
-        // A restricted join vouched for by one of our users carries our signature too.
-        let rules = version
-            .rules()
-            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
         let mut object = checked.object.clone();
         to_federation_format(&mut object, &rules);
-        if let Some(authoriser) = &content.join_authorised_via_users_server
-            && authoriser.server_name() == self.globals.server_name()
-        {
-            ruma::signatures::sign_event(
-                self.globals.server_name().as_str(),
-                &self.globals.keypair,
-                &mut object,
-                &rules.redaction,
-            )
-            .map_err(Error::internal)?;
-        }
         let raw = to_raw_value(&object)?;
         let (event_id, outcome) = self
             .handle_incoming_pdu_inner(federation, origin, room_id, &raw, false, true)
@@ -216,6 +216,50 @@ impl Rooms {
             ));
         }
         Ok(event_id)
+    }
+
+    /// A restricted join that names one of our users as its authoriser needs our signature
+    /// before its signatures can be checked; it gets it only if the join rules let the
+    /// user in (the auth rules trust the signature, so this is where that is checked).
+    /// None when the event names no user of ours.
+    fn vouch_for_join(
+        &self,
+        room_id: &RoomId,
+        raw: &RawJsonValue,
+        rules: &RoomVersionRules,
+    ) -> Result<Option<Box<RawJsonValue>>> {
+        let mut object: CanonicalJsonObject = serde_json::from_str(raw.get())
+            .map_err(|e| Error::bad_json(format!("PDU is not canonical JSON: {e}")))?;
+        let authoriser = match object.get("content") {
+            Some(CanonicalJsonValue::Object(content)) => {
+                match content.get("join_authorised_via_users_server") {
+                    Some(CanonicalJsonValue::String(user)) => UserId::parse(user).ok(),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if authoriser.is_none_or(|a| a.server_name() != self.globals.server_name()) {
+            return Ok(None);
+        }
+        let user = match object.get("state_key") {
+            Some(CanonicalJsonValue::String(key)) => UserId::parse(key)
+                .map_err(|_| Error::bad_json("A join's state_key must be a user id"))?,
+            _ => return Err(Error::bad_json("A join needs a state_key")),
+        };
+        if self.join_authoriser(room_id, &user)?.is_none() {
+            return Err(Error::forbidden(
+                "This join does not need or cannot have this server's authorisation",
+            ));
+        }
+        ruma::signatures::sign_event(
+            self.globals.server_name().as_str(),
+            &self.globals.keypair,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("The event cannot be signed: {e}")))?;
+        Ok(Some(to_raw_value(&object)?))
     }
 
     /// The `send_join` answer for an accepted join.

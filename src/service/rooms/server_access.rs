@@ -44,16 +44,21 @@ impl Rooms {
     /// Whether the room's current `m.room.server_acl` admits `server`. A room without one
     /// admits everyone; an ACL whose content does not parse is ignored, as Synapse does.
     pub fn server_acl_allows(&self, room_id: &RoomId, server: &ServerName) -> Result<bool> {
+        Ok(self
+            .server_acl(room_id)?
+            .is_none_or(|acl| acl.is_allowed(server)))
+    }
+
+    /// The room's current `m.room.server_acl`, if it has one that parses.
+    pub fn server_acl(&self, room_id: &RoomId) -> Result<Option<RoomServerAclEventContent>> {
         let Some(acl) = self.room_state_get(room_id, &StateEventType::RoomServerAcl, "")? else {
-            return Ok(true);
+            return Ok(None);
         };
-        match acl.content_json::<RoomServerAclEventContent>() {
-            Some(content) => Ok(content.is_allowed(server)),
-            None => {
-                tracing::warn!(%room_id, "ignoring an m.room.server_acl that does not parse");
-                Ok(true)
-            }
+        let content = acl.content_json::<RoomServerAclEventContent>();
+        if content.is_none() {
+            tracing::warn!(%room_id, "ignoring an m.room.server_acl that does not parse");
         }
+        Ok(content)
     }
 
     /// Whether a user of `server` is or ever was joined to the room. A member event's
