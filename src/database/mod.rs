@@ -58,7 +58,6 @@ pub const TABLES: &[&str] = &[
     // federation: remote server keys, resolved destinations, the outgoing queue, incoming
     // transaction ids
     "server_signingkeys",
-    "servername_destination",
     "outgoing_queue",
     "outgoing_state",
     "federation_txns",
