@@ -2,7 +2,7 @@
 # Federation benchmarks: conduit and Synapse on loopback, measured by bench/federation.py.
 #   conduit A: server name 127.0.0.1:8448   conduit B: 127.0.0.3:8448
 #   synapse:   server name 127.0.0.2:8448, client API http://127.0.0.2:8008
-# Env: MEMBERS (default "1000"), MESSAGES (default 2000), SERVER_BIN (default: release
+# Env: MEMBERS (default "1000"; JOINS=0 skips the joins), MESSAGES (default 2000), SERVER_BIN (default: release
 # build in $CARGO_TARGET_DIR or target/), SHARED (../shared).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -42,7 +42,8 @@ start_conduit 127.0.0.1 a
 start_conduit 127.0.0.3 b
 A=http://127.0.0.1:8448 B=http://127.0.0.3:8448 S=http://127.0.0.2:8008
 PY="python3 $ROOT/bench/federation.py"
-for n in $MEMBERS; do
+for n in ${MEMBERS}; do
+  [ "${JOINS:-1}" = 1 ] || break
   $PY join "$S" "$A" "$n"     # conduit joins a room on Synapse
   $PY join "$A" "$S" "$n"     # Synapse joins a room on conduit
   $PY join "$A" "$B" "$n"     # conduit joins a room on another conduit
