@@ -82,12 +82,18 @@ async fn get_alias_route(
     body: Ruma<get_alias::v3::Request>,
 ) -> Result<get_alias::v3::Response> {
     let alias = &body.body.room_alias;
-    // Aliases of other servers would be asked over federation, which is not enabled yet.
-    let room_id = match alias.server_name() == services.globals.server_name() {
-        true => services.rooms.resolve_alias(alias)?,
-        false => None,
+    if alias.server_name() != services.globals.server_name() {
+        let (room_id, servers) = super::membership::resolve_room_with_servers(
+            &services,
+            <&ruma::RoomOrAliasId>::from(&**alias),
+        )
+        .await?;
+        return Ok(get_alias::v3::Response::new(room_id, servers));
     }
-    .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let room_id = services
+        .rooms
+        .resolve_alias(alias)?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
     let servers = services.rooms.room_servers(&room_id)?;
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
@@ -165,8 +171,8 @@ async fn room_aliases_route(
     ))
 }
 
-/// The published rooms of this server; other servers' directories need federation.
-fn list_public_rooms(
+/// The published rooms of this server, or of `server` asked over federation.
+async fn list_public_rooms(
     services: &Services,
     server: Option<&ServerName>,
     limit: Option<UInt>,
@@ -174,10 +180,22 @@ fn list_public_rooms(
     filter: &Filter,
     network: &RoomNetwork,
 ) -> Result<PublicRoomsPage> {
-    if server.is_some_and(|s| s != services.globals.server_name()) {
-        return Err(Error::forbidden(
-            "Room directories of other servers need federation, which is not enabled yet",
-        ));
+    if let Some(server) = server.filter(|s| *s != services.globals.server_name()) {
+        let mut request =
+            ruma::api::federation::directory::get_public_rooms_filtered::v1::Request::new();
+        request.limit = limit;
+        request.since = since.map(ToOwned::to_owned);
+        request.filter = filter.clone();
+        request.room_network = network.clone();
+        let response = services.federation.send(server, request).await?;
+        return Ok(PublicRoomsPage {
+            chunk: response.chunk,
+            next_batch: response.next_batch,
+            prev_batch: response.prev_batch,
+            total: response
+                .total_room_count_estimate
+                .unwrap_or_else(|| UInt::from(0u32)),
+        });
     }
     services
         .rooms
@@ -196,7 +214,8 @@ async fn public_rooms_route(
         req.since.as_deref(),
         &Filter::new(),
         &RoomNetwork::Matrix,
-    )?;
+    )
+    .await?;
     let mut response = get_public_rooms::v3::Response::new(listing.chunk);
     response.next_batch = listing.next_batch;
     response.prev_batch = listing.prev_batch;
@@ -216,7 +235,8 @@ async fn public_rooms_filtered_route(
         req.since.as_deref(),
         &req.filter,
         &req.room_network,
-    )?;
+    )
+    .await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = listing.chunk;
     response.next_batch = listing.next_batch;

@@ -72,12 +72,30 @@ impl Field {
     }
 }
 
-/// The stored profile of a local user. Other servers' users would need federation.
-fn profile_of(services: &Services, user_id: &UserId) -> Result<UserRecord> {
+/// The profile of a user: stored here for local users, asked of their server
+/// (`/query/profile`) for others.
+async fn profile_of(services: &Services, user_id: &UserId) -> Result<UserRecord> {
     if user_id.server_name() != services.globals.server_name() {
-        return Err(Error::not_found(
-            "Profiles of users on other servers need federation, which is not enabled yet",
-        ));
+        let response = services
+            .federation
+            .send(
+                user_id.server_name(),
+                ruma::api::federation::query::get_profile_information::v1::Request::new(
+                    user_id.to_owned(),
+                ),
+            )
+            .await?;
+        let data = serde_json::to_value(&response.data)?;
+        let field = |name: &str| {
+            data.get(name)
+                .and_then(|v| v.as_str())
+                .map(ToOwned::to_owned)
+        };
+        return Ok(UserRecord {
+            displayname: field("displayname"),
+            avatar_url: field("avatar_url"),
+            ..UserRecord::default()
+        });
     }
     services
         .users
@@ -90,7 +108,7 @@ async fn get_profile_route(
     services: Arc<Services>,
     body: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response> {
-    let record = profile_of(&services, &body.body.user_id)?;
+    let record = profile_of(&services, &body.body.user_id).await?;
     let mut response = get_profile::v3::Response::new();
     for field in [Field::DisplayName, Field::AvatarUrl] {
         if let Some(value) = field.get(&record) {
@@ -108,7 +126,7 @@ async fn get_field_route(
     services: Arc<Services>,
     body: Ruma<get_profile_field::v3::Request>,
 ) -> Result<get_profile_field::v3::Response> {
-    let record = profile_of(&services, &body.body.user_id)?;
+    let record = profile_of(&services, &body.body.user_id).await?;
     let value = Field::from_name(&body.body.field)
         .and_then(|field| Some((field, field.get(&record)?)))
         .ok_or_else(|| Error::not_found("The user has no such profile field"))?;

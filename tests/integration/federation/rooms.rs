@@ -320,3 +320,112 @@ async fn three_servers_concurrent_state_resolves_alike() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_aliases_and_directories_of_other_servers() {
+    let a = federated().await;
+    let b = federated().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (status, body) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&alice.user_id)
+            ),
+            &alice.token,
+            json!({ "displayname": "Alice A" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = a
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "room_alias_name": "hall", "visibility": "public", "name": "Hall" }),
+        )
+        .await;
+
+    let (status, profile) = b
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id)),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(profile["displayname"], "Alice A");
+
+    let alias = format!("#hall:{}", a.server_name);
+    let (status, resolved) = b
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(&alias)),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["room_id"], room);
+    assert_eq!(resolved["servers"][0], a.server_name);
+    let (status, missing) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc(&format!("#nothing:{}", a.server_name))
+            ),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, 404, "{missing}");
+
+    let (status, listing) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                enc(&a.server_name)
+            ),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, 200, "{listing}");
+    let chunk = listing["chunk"].as_array().unwrap();
+    assert!(
+        chunk
+            .iter()
+            .any(|r| r["room_id"] == room && r["name"] == "Hall"),
+        "{listing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejecting_an_invite_from_another_server() {
+    let a = federated().await;
+    let b = federated().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a
+        .create_room(&alice, json!({ "preset": "private_chat" }))
+        .await;
+    a.invite(&alice, &room, &bob).await;
+    wait_until("the invite on b", || async {
+        let sync = b.sync(&bob, None, 0).await;
+        sync["rooms"]["invite"].get(&room).is_some()
+    })
+    .await;
+
+    // Bob's server is not in the room: the rejection goes through alice's server.
+    b.leave(&bob, &room).await;
+    let sync = b.sync(&bob, None, 0).await;
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
+    wait_until("bob's rejection on a", || async {
+        let (_, state) = a
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&bob.user_id)
+                ),
+                &alice.token,
+            )
+            .await;
+        state["membership"] == "leave"
+    })
+    .await;
+}
