@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Federation benchmarks: conduit and Synapse on loopback, measured by bench/federation.py.
-#   conduit A: server name 127.0.0.1:8448   conduit B: 127.0.0.3:8448
-#   synapse:   server name 127.0.0.2:8448, client API http://127.0.0.2:8008
+#   conduit A: server name 127.0.0.5:8448   conduit B: 127.0.0.6:8448
+#   synapse:   server name 127.0.0.4:8448, client API http://127.0.0.4:8008 (instance "fb",
+#              apart from the interop test's "b" on 127.0.0.2)
 # Env: MEMBERS (default "1000"; JOINS=0 skips the joins), MESSAGES (default 2000), SERVER_BIN (default: release
 # build in $CARGO_TARGET_DIR or target/), SHARED (../shared).
 set -euo pipefail
@@ -14,7 +15,7 @@ WORK="$(mktemp -d)"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  "$SHARED/synapse/stop.sh" b >/dev/null 2>&1 || true
+  "$SHARED/synapse/stop.sh" fb >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -35,12 +36,12 @@ start_conduit() { # ip name
 }
 
 export SYNAPSE_HOME="${SYNAPSE_HOME:-$HOME/.cache/synapse-ref}"
-"$SHARED/synapse/stop.sh" b >/dev/null 2>&1 || true
-rm -rf "$SYNAPSE_HOME/synapse-b"
-"$SHARED/synapse/start.sh" b 127.0.0.2 >/dev/null
-start_conduit 127.0.0.1 a
-start_conduit 127.0.0.3 b
-A=http://127.0.0.1:8448 B=http://127.0.0.3:8448 S=http://127.0.0.2:8008
+"$SHARED/synapse/stop.sh" fb >/dev/null 2>&1 || true
+rm -rf "$SYNAPSE_HOME/synapse-fb"
+"$SHARED/synapse/start.sh" fb 127.0.0.4 >/dev/null
+start_conduit 127.0.0.5 a
+start_conduit 127.0.0.6 b
+A=http://127.0.0.5:8448 B=http://127.0.0.6:8448 S=http://127.0.0.4:8008
 PY="python3 $ROOT/bench/federation.py"
 for n in ${MEMBERS}; do
   [ "${JOINS:-1}" = 1 ] || break
