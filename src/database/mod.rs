@@ -61,6 +61,9 @@ pub const TABLES: &[&str] = &[
     "outgoing_queue",
     "outgoing_state",
     "federation_txns",
+    // receipts (newest per user, type and thread; and by stream position)
+    "receipts_latest",
+    "receipts_stream",
 ];
 
 pub struct Database {

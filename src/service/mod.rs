@@ -6,12 +6,15 @@ use std::sync::Arc;
 use crate::{config::Config, database::Database, error::Result};
 
 pub mod account_data;
+pub mod deadlines;
 pub mod federation;
 pub mod globals;
 pub mod notifier;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 pub mod sending;
+pub mod typing;
 pub mod uiaa;
 pub mod users;
 
@@ -26,6 +29,8 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub uiaa: uiaa::Uiaa,
     pub ratelimit: ratelimit::RateLimiter,
+    pub typing: typing::Typing,
+    pub receipts: receipts::Receipts,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -51,6 +56,8 @@ impl Services {
             account_data: account_data::AccountData::new(&db, Arc::clone(&notifier)),
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
+            typing: typing::Typing::new(&db),
+            receipts: receipts::Receipts::new(&db),
             federation,
             sending,
             db,
@@ -68,6 +75,12 @@ impl Services {
     pub async fn shutdown_signal(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    /// The timers and queues that run beside the request handlers; each stops on the
+    /// shutdown signal.
+    pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tokio::spawn(typing::run_timers(Arc::clone(self)))]
     }
 
     pub fn config(&self) -> &Config {

@@ -12,9 +12,11 @@ pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod push;
+pub mod receipt;
 pub mod relations;
 pub mod room;
 pub mod sync;
+mod sync_realtime;
 
 pub fn routes(router: AppRouter) -> AppRouter {
     let router = discovery::routes(router);
@@ -29,5 +31,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = directory::routes(router);
     let router = device::routes(router);
     let router = relations::routes(router);
+    let router = receipt::routes(router);
     sync::routes(router)
 }

@@ -24,7 +24,7 @@ use ruma::{
 use serde::Serialize;
 use serde_json::{Value, json, value::RawValue};
 
-use super::{filter, message};
+use super::{filter, message, sync_realtime};
 use crate::{
     api::{
         router::{AppRouter, route_any},
@@ -92,6 +92,8 @@ struct JoinedRoom {
     state: Events<Box<RawValue>>,
     #[serde(skip_serializing_if = "Events::is_empty")]
     account_data: Events<Value>,
+    #[serde(skip_serializing_if = "Events::is_empty")]
+    ephemeral: Events<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     summary: Option<Value>,
 }
@@ -487,7 +489,16 @@ fn joined_room(
         ctx.since.unwrap_or(0)
     };
     let quiet = services.rooms.last_count(room_id)? <= since;
-    if quiet && account_data.is_empty() && !ctx.full_state && !newly_joined {
+    let ephemeral = sync_realtime::ephemeral(
+        services,
+        ctx.user,
+        room_id,
+        &ctx.filter.room.ephemeral,
+        since,
+        ctx.token,
+    )?;
+    if quiet && account_data.is_empty() && ephemeral.is_empty() && !ctx.full_state && !newly_joined
+    {
         return Ok(None);
     }
     let limit = timeline_limit(&ctx.filter.room.timeline);
@@ -527,6 +538,7 @@ fn joined_room(
         account_data: Events {
             events: account_data,
         },
+        ephemeral: Events { events: ephemeral },
         summary,
     }))
 }
