@@ -64,6 +64,9 @@ pub const TABLES: &[&str] = &[
     // receipts (newest per user, type and thread; and by stream position)
     "receipts_latest",
     "receipts_stream",
+    // push: notifications per user and room (unread counts) and per user (the list)
+    "user_notifications",
+    "notification_stream",
 ];
 
 pub struct Database {

@@ -10,6 +10,7 @@ pub mod deadlines;
 pub mod federation;
 pub mod globals;
 pub mod notifier;
+pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;
@@ -26,7 +27,8 @@ pub struct Services {
     pub notifier: Arc<notifier::Notifier>,
     pub users: users::Users,
     pub rooms: rooms::Rooms,
-    pub account_data: account_data::AccountData,
+    pub account_data: Arc<account_data::AccountData>,
+    pub push: Arc<push::Push>,
     pub uiaa: uiaa::Uiaa,
     pub ratelimit: ratelimit::RateLimiter,
     pub typing: typing::Typing,
@@ -45,6 +47,8 @@ impl Services {
             Arc::clone(&globals),
             Arc::clone(&federation),
         )?);
+        let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&notifier)));
+        let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data)));
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
             rooms: rooms::Rooms::new(
@@ -52,8 +56,10 @@ impl Services {
                 Arc::clone(&globals),
                 Arc::clone(&notifier),
                 Arc::clone(&sending),
+                Arc::clone(&push),
             )?,
-            account_data: account_data::AccountData::new(&db, Arc::clone(&notifier)),
+            account_data,
+            push,
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
             typing: typing::Typing::new(&db),

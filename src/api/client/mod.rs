@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod filter;
 pub mod membership;
 pub mod message;
+pub mod notifications;
 pub mod profile;
 pub mod push;
 pub mod receipt;
@@ -32,5 +33,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = device::routes(router);
     let router = relations::routes(router);
     let router = receipt::routes(router);
+    let router = notifications::routes(router);
     sync::routes(router)
 }

@@ -96,6 +96,9 @@ struct JoinedRoom {
     ephemeral: Events<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     summary: Option<Value>,
+    unread_notifications: Value,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    unread_thread_notifications: BTreeMap<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -526,7 +529,15 @@ fn joined_room(
         } else {
             None
         };
+    let (unread_notifications, unread_thread_notifications) = sync_realtime::unread(
+        services,
+        ctx.user,
+        room_id,
+        ctx.filter.room.timeline.unread_thread_notifications,
+    )?;
     Ok(Some(JoinedRoom {
+        unread_notifications,
+        unread_thread_notifications,
         timeline: Timeline {
             events: client_events(ctx, events.into_iter().map(|(_, p)| p))?,
             limited,

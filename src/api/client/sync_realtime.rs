@@ -1,6 +1,8 @@
 //! The parts of `/sync` that are not room history: a joined room's ephemeral events
 //! (typing, receipts), its unread counts, and the presence of users sharing a room.
 
+use std::collections::BTreeMap;
+
 use ruma::{RoomId, UserId, api::client::filter::RoomEventFilter};
 use serde_json::{Value, json};
 
@@ -47,4 +49,33 @@ pub fn ephemeral(
         }
     }
     Ok(out)
+}
+
+/// `unread_notifications` and, when the client asked for them apart
+/// (`unread_thread_notifications` in its timeline filter), `unread_thread_notifications`.
+pub fn unread(
+    services: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    split_threads: bool,
+) -> Result<(Value, BTreeMap<String, Value>)> {
+    let read = services.receipts.read_up_to(room_id, user)?;
+    let unread = services.push.unread(user, room_id, &read)?;
+    let (mut notes, mut highlights) = (unread.notifications, unread.highlights);
+    let mut threads = BTreeMap::new();
+    for (root, (n, h)) in unread.threads {
+        if split_threads {
+            threads.insert(
+                root,
+                json!({ "notification_count": n, "highlight_count": h }),
+            );
+        } else {
+            notes += n;
+            highlights += h;
+        }
+    }
+    Ok((
+        json!({ "notification_count": notes, "highlight_count": highlights }),
+        threads,
+    ))
 }

@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 
 use crate::common::{TestServer, User, enc, next_batch};
 
+mod counts;
+mod push_rules;
 mod receipts;
 mod typing;
 
