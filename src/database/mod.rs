@@ -67,6 +67,9 @@ pub const TABLES: &[&str] = &[
     // push: notifications per user and room (unread counts) and per user (the list)
     "user_notifications",
     "notification_stream",
+    // presence: the state of each user, and who changed by stream position
+    "presence",
+    "presence_stream",
 ];
 
 pub struct Database {

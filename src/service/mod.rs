@@ -10,6 +10,7 @@ pub mod deadlines;
 pub mod federation;
 pub mod globals;
 pub mod notifier;
+pub mod presence;
 pub mod push;
 pub mod ratelimit;
 pub mod receipts;
@@ -32,6 +33,7 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub ratelimit: ratelimit::RateLimiter,
     pub typing: typing::Typing,
+    pub presence: presence::PresenceService,
     pub receipts: receipts::Receipts,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -63,6 +65,7 @@ impl Services {
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
             typing: typing::Typing::new(&db),
+            presence: presence::PresenceService::new(&db, &config),
             receipts: receipts::Receipts::new(&db),
             federation,
             sending,
@@ -86,7 +89,10 @@ impl Services {
     /// The timers and queues that run beside the request handlers; each stops on the
     /// shutdown signal.
     pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tokio::spawn(typing::run_timers(Arc::clone(self)))]
+        vec![
+            tokio::spawn(typing::run_timers(Arc::clone(self))),
+            tokio::spawn(presence::run_timers(Arc::clone(self))),
+        ]
     }
 
     pub fn config(&self) -> &Config {

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod membership;
 pub mod message;
 pub mod notifications;
+pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipt;
@@ -34,5 +35,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = relations::routes(router);
     let router = receipt::routes(router);
     let router = notifications::routes(router);
+    let router = presence::routes(router);
     sync::routes(router)
 }

@@ -45,6 +45,8 @@ struct SyncResponse {
     rooms: Rooms,
     #[serde(skip_serializing_if = "Events::is_empty")]
     account_data: Events<Value>,
+    #[serde(skip_serializing_if = "Events::is_empty")]
+    presence: Events<Value>,
 }
 
 #[derive(Default, Serialize)]
@@ -153,6 +155,7 @@ async fn sync_route(
     // Subscribed before the first computation: a change after this point wakes us even if
     // it lands while we compute.
     let mut wake = services.notifier.subscribe(&user);
+    crate::service::presence::on_sync(&services, &user, &req.set_presence)?;
     loop {
         let token = services.db.committed();
         let ctx = Ctx {
@@ -248,13 +251,19 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
         }
     }
 
-    let has_changes = !(rooms.is_empty() && global_account_data.is_empty());
+    let presence = if ctx.filter.presence.not_types.iter().any(|t| t == "*") {
+        Vec::new()
+    } else {
+        crate::service::presence::sync_events(ctx.services, ctx.user, ctx.since, ctx.token)?
+    };
+    let has_changes = !(rooms.is_empty() && global_account_data.is_empty() && presence.is_empty());
     let response = SyncResponse {
         next_batch: ctx.token.to_string(),
         rooms,
         account_data: Events {
             events: global_account_data,
         },
+        presence: Events { events: presence },
     };
     Ok((response, has_changes))
 }

@@ -16,7 +16,7 @@ use crate::{
         ruma::Ruma,
     },
     error::{Error, Result},
-    service::{Services, receipts, rooms::incoming, typing},
+    service::{Services, presence, receipts, rooms::incoming, typing},
 };
 
 /// The spec's limits on one transaction.
@@ -79,6 +79,7 @@ fn handle_edu(services: &Services, origin: &ruma::ServerName, raw: &RawJsonValue
     let result = match edu["edu_type"].as_str().unwrap_or_default() {
         "m.typing" => typing::handle_edu(services, origin, content),
         "m.receipt" => receipts::handle_edu(services, origin, content),
+        "m.presence" => presence::handle_edu(services, origin, content),
         other => {
             tracing::debug!(%origin, edu_type = other, "EDU not handled");
             Ok(())

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use crate::common::{TestServer, User, enc, next_batch};
 
 mod counts;
+mod federation;
+mod presence;
 mod push_rules;
 mod receipts;
 mod typing;
