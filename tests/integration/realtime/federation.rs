@@ -1,7 +1,11 @@
 //! Typing, receipts and presence between two servers: EDUs both ways, applied only for
 //! users of the sending server who are in the room.
 
-use serde_json::json;
+use ruma::{
+    OwnedServerName,
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+};
+use serde_json::{Value, json};
 
 use super::{ephemeral, receipt, sync_until, typing};
 use crate::{
@@ -122,4 +126,102 @@ async fn typing_receipts_and_presence_cross_servers() {
         },
     )
     .await;
+}
+
+/// `PUT /send/{txn}` from `from` to `to` with only EDUs, signed with `from`'s key.
+async fn send_edus(from: &TestServer, to: &TestServer, txn: &str, edus: Value) -> u16 {
+    let name =
+        |s: &TestServer| -> OwnedServerName { s.server_name.clone().try_into().expect("name") };
+    let body = json!({
+        "origin": from.server_name,
+        "origin_server_ts": 1,
+        "pdus": [],
+        "edus": edus,
+    });
+    let uri = format!("/_matrix/federation/v1/send/{txn}");
+    let bytes = serde_json::to_vec(&body).expect("serialises");
+    let request = http::Request::builder()
+        .method("PUT")
+        .uri(&uri)
+        .body(bytes.clone())
+        .expect("request");
+    let authorization = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(name(from), name(to), &from.services().globals.keypair),
+    )
+    .expect("signs");
+    reqwest::Client::new()
+        .put(format!("{}{uri}", to.base))
+        .header("Authorization", authorization.to_string())
+        .header("Content-Type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .expect("answered")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edus_for_users_of_other_servers_or_outside_the_room_are_ignored() {
+    let a = TestServer::start_federated().await;
+    let b = TestServer::start_federated().await;
+    let alice = a.register("alice").await;
+    let dave = a.register("dave").await;
+    let bob = b.register("bob").await;
+    let room = a
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    a.join(&dave, &room).await;
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            &bob.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let event = a.send_text(&alice, &room, "hello").await;
+    let carol = format!("@carol:{}", b.server_name);
+    let receipt_of = |user: &str| {
+        json!({ "edu_type": "m.receipt", "content": { &room: { "m.read": {
+            user: { "event_ids": [event], "data": { "ts": 1 } } } } } })
+    };
+    let typing_of = |user: &str| json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": user, "typing": true } });
+    // B speaks for dave (a user of A) and carol (not in the room): both ignored; then
+    // for bob, which is applied. Garbage EDUs do not fail the transaction.
+    let status = send_edus(&b, &a, "t1", json!([
+        typing_of(&dave.user_id), typing_of(&carol), receipt_of(&dave.user_id), receipt_of(&carol),
+        { "edu_type": "m.typing", "content": "nonsense" }, { "no_type": true },
+        { "edu_type": "m.presence", "content": { "push": [{ "user_id": dave.user_id, "presence": "online" }] } },
+    ]))
+    .await;
+    assert_eq!(status, 200);
+    let status = send_edus(
+        &b,
+        &a,
+        "t2",
+        json!([typing_of(&bob.user_id), receipt_of(&bob.user_id)]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (typing, _) = sync_until(&a, &alice, None, "bob's typing", |s| {
+        ephemeral(s, &room, "m.typing").map(|e| e["content"]["user_ids"].clone())
+    })
+    .await;
+    assert_eq!(typing, json!([bob.user_id]));
+    let sync = a.sync(&alice, None, 0).await;
+    let receipts =
+        &ephemeral(&sync, &room, "m.receipt").expect("receipts")["content"][&event]["m.read"];
+    assert!(receipts.get(&bob.user_id).is_some(), "{receipts}");
+    assert!(receipts.get(&dave.user_id).is_none(), "{receipts}");
+    assert!(receipts.get(&carol).is_none(), "{receipts}");
+    assert!(
+        presence_of(&sync, &dave).is_none_or(|p| p["presence"] != "online"),
+        "{sync}"
+    );
 }
