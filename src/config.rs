@@ -91,6 +91,10 @@ pub struct Config {
     /// Seconds without activity after which a user becomes `offline`.
     #[serde(default = "default_presence_offline_timeout_s")]
     pub presence_offline_timeout_s: u64,
+    /// Address ranges (CIDR) push gateways may be reached at although they are loopback,
+    /// private, link-local or otherwise internal; by default only public addresses are.
+    #[serde(default)]
+    pub push_gateway_allowed_ranges: Vec<crate::service::push::address::IpRange>,
 }
 
 /// `[global.tls]`: certificate and key in PEM files (Conduit's key names).

@@ -70,6 +70,9 @@ pub const TABLES: &[&str] = &[
     // presence: the state of each user, and who changed by stream position
     "presence",
     "presence_stream",
+    // pushers and the queue of pushes to send
+    "pushers",
+    "push_queue",
 ];
 
 pub struct Database {

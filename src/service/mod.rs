@@ -50,7 +50,7 @@ impl Services {
             Arc::clone(&federation),
         )?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&notifier)));
-        let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data)));
+        let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data), &config)?);
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
             rooms: rooms::Rooms::new(
@@ -92,6 +92,7 @@ impl Services {
         vec![
             tokio::spawn(typing::run_timers(Arc::clone(self))),
             tokio::spawn(presence::run_timers(Arc::clone(self))),
+            tokio::spawn(push::sender::run(Arc::clone(self))),
         ]
     }
 

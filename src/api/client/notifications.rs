@@ -1,15 +1,22 @@
 //! `GET /notifications` (spec: "Listing notifications"): the events the user's push rules
-//! notified for, newest first, with whether each is read.
+//! notified for, newest first, with whether each is read. And the user's pushers
+//! (`GET /pushers`, `POST /pushers/set`); delivery is `service/push/sender.rs`.
 
 use std::{collections::HashMap, sync::Arc};
 
 use axum::Json;
-use ruma::{OwnedRoomId, api::client::push::get_notifications};
+use ruma::{
+    OwnedRoomId,
+    api::client::push::{
+        PusherKind, get_notifications, get_pushers,
+        set_pusher::{self, v3::PusherAction},
+    },
+};
 use serde_json::{Value, json};
 
 use crate::{
     api::{
-        router::{AppRouter, route_any},
+        router::{AppRouter, route, route_any},
         ruma::Ruma,
     },
     error::{Error, Result},
@@ -17,7 +24,64 @@ use crate::{
 };
 
 pub fn routes(router: AppRouter) -> AppRouter {
+    let router = route(router, get_pushers_route);
+    let router = route(router, set_pusher_route);
     route_any(router, notifications_route)
+}
+
+/// The only path the spec lets a pusher URL have.
+const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+async fn get_pushers_route(
+    services: Arc<Services>,
+    body: Ruma<get_pushers::v3::Request>,
+) -> Result<get_pushers::v3::Response> {
+    Ok(get_pushers::v3::Response::new(
+        services
+            .push
+            .pushers(body.user())?
+            .into_iter()
+            .map(|p| p.pusher)
+            .collect(),
+    ))
+}
+
+async fn set_pusher_route(
+    services: Arc<Services>,
+    body: Ruma<set_pusher::v3::Request>,
+) -> Result<set_pusher::v3::Response> {
+    let user = body.user();
+    match &body.body.action {
+        PusherAction::Delete(ids) => {
+            services
+                .push
+                .remove_pusher(user, &ids.app_id, &ids.pushkey)?;
+        }
+        PusherAction::Post(data) => {
+            let pusher = &data.pusher;
+            if pusher.ids.pushkey.is_empty() || pusher.ids.pushkey.len() > 512 {
+                return Err(Error::invalid_param("pushkey must be 1 to 512 bytes"));
+            }
+            if pusher.ids.app_id.is_empty() || pusher.ids.app_id.len() > 64 {
+                return Err(Error::invalid_param("app_id must be 1 to 64 bytes"));
+            }
+            let PusherKind::Http(http) = &pusher.kind else {
+                return Err(Error::invalid_param("Only http pushers are supported"));
+            };
+            let url = reqwest::Url::parse(&http.url)
+                .map_err(|_| Error::invalid_param("data.url is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.path() != NOTIFY_PATH {
+                return Err(Error::invalid_param(format!(
+                    "data.url must be an http(s) URL with the path {NOTIFY_PATH}"
+                )));
+            }
+            services
+                .push
+                .set_pusher(user, pusher.clone(), data.append)?;
+        }
+        _ => return Err(Error::invalid_param("Unknown pusher action")),
+    }
+    Ok(set_pusher::v3::Response::new())
 }
 
 const DEFAULT_LIMIT: usize = 50;

@@ -38,6 +38,8 @@ pub struct Outcome {
     pub user_id: OwnedUserId,
     pub actions: Vec<Action>,
     pub highlight: bool,
+    /// `(app_id, pushkey)` of the user's pushers, each queued a push.
+    pub pushers: Vec<(String, String)>,
 }
 
 /// One notification as `GET /notifications` and the pushers read it.
@@ -151,10 +153,12 @@ impl Push {
                 continue;
             }
             let highlight = actions.iter().any(Action::is_highlight);
+            let pushers = self.pusher_ids(&user_id);
             out.push(Outcome {
                 user_id,
                 actions,
                 highlight,
+                pushers,
             });
         }
         Ok(out)
@@ -232,6 +236,23 @@ impl Push {
                     highlight: outcome.highlight,
                 })?,
             );
+            for (app_id, pushkey) in &outcome.pushers {
+                let mut k = count.to_be_bytes().to_vec();
+                k.push(key::SEP);
+                k.extend_from_slice(&key::key(&[user, app_id.as_bytes(), pushkey.as_bytes()]));
+                c.put(
+                    &self.push_queue,
+                    k,
+                    serde_json::to_vec(&super::pushers::QueuedPush {
+                        user_id: outcome.user_id.clone(),
+                        app_id: app_id.clone(),
+                        pushkey: pushkey.clone(),
+                        count,
+                        attempts: 0,
+                        next_try: 0,
+                    })?,
+                );
+            }
         }
         Ok(())
     }

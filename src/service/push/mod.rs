@@ -18,14 +18,27 @@ use crate::{
     service::account_data::AccountData,
 };
 
+pub mod address;
 pub mod counts;
+pub mod pushers;
+pub mod sender;
 
 pub use counts::{Notification, Outcome, Unread};
 
 pub const PUSH_RULES: &str = "m.push_rules";
 
 pub struct Push {
+    db: Arc<Database>,
     account_data: Arc<AccountData>,
+    /// user 0xFF app id 0xFF pushkey -> pusher
+    pushers: Table,
+    /// event count 0xFF user 0xFF app id 0xFF pushkey -> queued push (`sender.rs`)
+    push_queue: Table,
+    /// Wakes the sender after a commit that queued something.
+    wake: tokio::sync::Notify,
+    /// The push client: no redirects, and only addresses the policy allows.
+    client: reqwest::Client,
+    policy: Arc<address::AddressPolicy>,
     /// user 0xFF room 0xFF count -> small record for the unread counts
     user_notifications: Table,
     /// user 0xFF count -> the notification, for `GET /notifications`
@@ -37,14 +50,38 @@ pub struct Push {
 }
 
 impl Push {
-    pub fn new(db: &Arc<Database>, account_data: Arc<AccountData>) -> Self {
-        Self {
+    pub fn new(
+        db: &Arc<Database>,
+        account_data: Arc<AccountData>,
+        config: &crate::config::Config,
+    ) -> Result<Self> {
+        let policy = Arc::new(address::AddressPolicy::new(
+            config.push_gateway_allowed_ranges.clone(),
+        ));
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(address::FilteringResolver(Arc::clone(&policy))))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(crate::error::Error::internal)?;
+        Ok(Self {
+            db: Arc::clone(db),
             account_data,
+            pushers: db.table("pushers"),
+            push_queue: db.table("push_queue"),
+            wake: tokio::sync::Notify::new(),
+            client,
+            policy,
             user_notifications: db.table("user_notifications"),
             notification_stream: db.table("notification_stream"),
             rulesets: Mutex::default(),
             power: Mutex::default(),
-        }
+        })
+    }
+
+    /// Wakes the sender: called after a commit that queued pushes.
+    pub fn wake_sender(&self) {
+        self.wake.notify_one();
     }
 
     /// The user's ruleset: the server defaults with the user's changes and rules merged in.

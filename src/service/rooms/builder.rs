@@ -584,6 +584,9 @@ impl Rooms {
         });
         let count = count.inspect_err(|_| self.forget_joined_servers(&room_id))?;
         self.sending.wake();
+        if pushes.iter().any(|o| !o.pushers.is_empty()) {
+            self.push.wake_sender();
+        }
         if let Some((target, _)) = redaction_target {
             self.forget_cached(&target);
         }

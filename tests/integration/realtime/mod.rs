@@ -11,6 +11,7 @@ mod counts;
 mod federation;
 mod presence;
 mod push_rules;
+mod pushers;
 mod receipts;
 mod typing;
 
