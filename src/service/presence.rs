@@ -91,6 +91,39 @@ impl PresenceService {
         self.presence.get_json(user_id.as_bytes())
     }
 
+    /// The record after a change, whether the change is visible (it takes a stream
+    /// position) and whether only the activity time moved far enough to be written.
+    fn apply(
+        &self,
+        old: Option<&Presence>,
+        presence: &PresenceState,
+        status_msg: Option<&Option<String>>,
+        last_active_ts: Option<u64>,
+    ) -> (Presence, bool, bool) {
+        let mut new = old.cloned().unwrap_or(Presence {
+            presence: PresenceState::Offline,
+            status_msg: None,
+            last_active_ts: 0,
+            count: 0,
+        });
+        new.presence = presence.clone();
+        if let Some(msg) = status_msg {
+            new.status_msg = msg.clone();
+        }
+        if let Some(ts) = last_active_ts {
+            new.last_active_ts = new.last_active_ts.max(ts);
+        }
+        let visible = old.is_none_or(|o| {
+            o.presence != new.presence
+                || o.status_msg != new.status_msg
+                || o.currently_active() != new.currently_active()
+        });
+        let stale = old.is_some_and(|o| {
+            new.last_active_ts.saturating_sub(o.last_active_ts) >= self.activity_write_ms
+        });
+        (new, visible, stale)
+    }
+
     /// Stores a new state; a visible change takes a stream position, a bare activity
     /// refresh does not. Returns the stored record if the change is visible.
     fn store(
@@ -100,30 +133,19 @@ impl PresenceService {
         status_msg: Option<Option<String>>,
         last_active_ts: Option<u64>,
     ) -> Result<Option<Presence>> {
+        // The common case, a sync of a user already online, writes nothing: checked
+        // without the commit lock first (and again under it).
+        let old = self.get(user_id)?;
+        let (_, visible, stale) =
+            self.apply(old.as_ref(), &presence, status_msg.as_ref(), last_active_ts);
+        if !visible && !stale {
+            return Ok(None);
+        }
         self.db.commit(|c| {
             let old: Option<Presence> = self.presence.get_json(user_id.as_bytes())?;
-            let mut new = old.clone().unwrap_or(Presence {
-                presence: PresenceState::Offline,
-                status_msg: None,
-                last_active_ts: 0,
-                count: 0,
-            });
-            new.presence = presence;
-            if let Some(msg) = status_msg {
-                new.status_msg = msg;
-            }
-            if let Some(ts) = last_active_ts {
-                new.last_active_ts = new.last_active_ts.max(ts);
-            }
-            let visible = old.as_ref().is_none_or(|o| {
-                o.presence != new.presence
-                    || o.status_msg != new.status_msg
-                    || o.currently_active() != new.currently_active()
-            });
+            let (mut new, visible, stale) =
+                self.apply(old.as_ref(), &presence, status_msg.as_ref(), last_active_ts);
             if !visible {
-                let stale = old.as_ref().is_some_and(|o| {
-                    new.last_active_ts.saturating_sub(o.last_active_ts) >= self.activity_write_ms
-                });
                 if stale {
                     c.put(
                         &self.presence,
@@ -236,10 +258,10 @@ pub fn set_local(
     }
     let ts = active.then(now_ms);
     let stored = p.store(user_id, presence.clone(), status_msg, ts)?;
-    if active || stored.is_some() {
-        if let Some(current) = p.get(user_id)? {
-            p.schedule(user_id, &current);
-        }
+    if (active || stored.is_some())
+        && let Some(current) = p.get(user_id)?
+    {
+        p.schedule(user_id, &current);
     }
     let Some(stored) = stored else {
         return Ok(());

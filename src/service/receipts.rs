@@ -173,7 +173,7 @@ pub fn event_content(receipts: &[Receipt], viewer: &UserId) -> Option<Value> {
             .entry(r.kind.clone())
             .or_insert_with(|| json!({}))[r.user_id.as_str()] = data;
     }
-    (!content.is_empty()).then(|| Value::Object(content))
+    (!content.is_empty()).then_some(Value::Object(content))
 }
 
 /// Stores a receipt, wakes the users who see it and sends a public one of a local user to
