@@ -370,23 +370,36 @@ pub fn handle_edu(services: &Services, origin: &ruma::ServerName, content: &Valu
 }
 
 /// The `m.presence` events a user's sync shows: the changes in `(since, until]` (all
-/// known states on an initial sync) of the user and of users sharing a room with them.
+/// known states on an initial sync) of the user and of users sharing a room with them,
+/// and the current presence of the members of `new_rooms` (rooms joined since the token).
 pub fn sync_events(
     services: &Services,
     user_id: &UserId,
     since: Option<u64>,
     until: u64,
+    new_rooms: &[ruma::OwnedRoomId],
 ) -> Result<Vec<Value>> {
     if !services.presence.enabled {
         return Ok(Vec::new());
     }
-    let users = match since {
-        Some(since) => services.presence.changed_since(since, until)?,
-        None => services.presence.all_users(),
+    let mut users: BTreeSet<OwnedUserId> = match since {
+        Some(since) => services
+            .presence
+            .changed_since(since, until)?
+            .into_iter()
+            .collect(),
+        None => services.presence.all_users().into_iter().collect(),
     };
+    let changed = users.clone();
+    for room in new_rooms {
+        users.extend(services.rooms.joined_members(room)?);
+    }
     let mut out = Vec::new();
     for other in users {
-        if other != user_id && !services.rooms.share_room(user_id, &other)? {
+        if changed.contains(&other)
+            && other != user_id
+            && !services.rooms.share_room(user_id, &other)?
+        {
             continue;
         }
         let Some(p) = services.presence.get(&other)? else {

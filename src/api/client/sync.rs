@@ -209,6 +209,8 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
         global_account_data.clear();
     }
 
+    // Rooms joined since the token: their members' presence is sent whole.
+    let mut new_rooms = Vec::new();
     for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user)? {
         if record.forgotten || room_filter.not_rooms.contains(&room_id) {
             continue;
@@ -223,6 +225,9 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
             continue;
         }
         let changed_since = ctx.since.is_none_or(|s| record.count > s);
+        if changed_since && ctx.since.is_some() && record.membership == MembershipState::Join {
+            new_rooms.push(room_id.clone());
+        }
         let account_data = room_account_data.remove(&room_id).unwrap_or_default();
         match record.membership {
             MembershipState::Join => {
@@ -254,7 +259,13 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
     let presence = if ctx.filter.presence.not_types.iter().any(|t| t == "*") {
         Vec::new()
     } else {
-        crate::service::presence::sync_events(ctx.services, ctx.user, ctx.since, ctx.token)?
+        crate::service::presence::sync_events(
+            ctx.services,
+            ctx.user,
+            ctx.since,
+            ctx.token,
+            &new_rooms,
+        )?
     };
     let has_changes = !(rooms.is_empty() && global_account_data.is_empty() && presence.is_empty());
     let response = SyncResponse {

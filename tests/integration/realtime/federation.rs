@@ -66,7 +66,13 @@ async fn typing_receipts_and_presence_cross_servers() {
             .then_some(())
     })
     .await;
-    let bob_since = crate::common::next_batch(&b.sync(&bob, None, 0).await);
+    let bob_sync = b.sync(&bob, None, 0).await;
+    let bob_since = crate::common::next_batch(&bob_sync);
+    // Events received over federation run through the push rules too.
+    assert_eq!(
+        bob_sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1,
+        "{bob_sync}"
+    );
 
     // A -> B: typing, a receipt, presence.
     let (status, body) = typing(

@@ -130,3 +130,30 @@ async fn presence_can_be_turned_off() {
         .await;
     assert_eq!(body["presence"], "offline");
 }
+
+#[tokio::test]
+async fn joining_a_room_brings_the_presence_of_its_members() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, _) = put_presence(
+        &server,
+        &alice,
+        json!({ "presence": "online", "status_msg": "here" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sync = server.sync(&bob, None, 0).await;
+    assert!(
+        presence_of(&sync, &alice).is_none(),
+        "no shared room yet: {sync}"
+    );
+    let since = crate::common::next_batch(&sync);
+    server.join(&bob, &room).await;
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    let content = presence_of(&sync, &alice).expect("alice's presence after the join");
+    assert_eq!(content["status_msg"], "here");
+}
