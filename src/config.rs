@@ -81,6 +81,20 @@ pub struct Config {
     /// Time limit, in seconds, of fetching a server's `/.well-known/matrix/server`.
     #[serde(default = "default_well_known_timeout")]
     pub well_known_timeout: u64,
+    /// Presence (online, unavailable, offline; last active) for this server's users and
+    /// from other servers (Conduit's key). Off: no presence in `/sync`, none sent or taken.
+    #[serde(default = "default_true")]
+    pub allow_local_presence: bool,
+    /// Seconds without activity after which an online user becomes `unavailable`.
+    #[serde(default = "default_presence_idle_timeout_s")]
+    pub presence_idle_timeout_s: u64,
+    /// Seconds without activity after which a user becomes `offline`.
+    #[serde(default = "default_presence_offline_timeout_s")]
+    pub presence_offline_timeout_s: u64,
+    /// Address ranges (CIDR) push gateways may be reached at although they are loopback,
+    /// private, link-local or otherwise internal; by default only public addresses are.
+    #[serde(default)]
+    pub push_gateway_allowed_ranges: Vec<crate::service::push::address::IpRange>,
 }
 
 /// `[global.tls]`: certificate and key in PEM files (Conduit's key names).
@@ -165,6 +179,12 @@ fn default_federation_timeout() -> u64 {
 }
 fn default_well_known_timeout() -> u64 {
     10
+}
+fn default_presence_idle_timeout_s() -> u64 {
+    5 * 60
+}
+fn default_presence_offline_timeout_s() -> u64 {
+    30 * 60
 }
 fn default_per_second() -> f64 {
     10.0

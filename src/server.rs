@@ -31,6 +31,8 @@ pub struct RunningServer {
     task: tokio::task::JoinHandle<()>,
     /// The federation sender; it stops on the services' shutdown signal.
     sender: tokio::task::JoinHandle<()>,
+    /// Timers and queues (typing, presence, push); they stop on the shutdown signal too.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -42,6 +44,9 @@ impl RunningServer {
         }
         let _ = self.task.await;
         let _ = self.sender.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         if let Err(e) = self.services.db.flush() {
             tracing::error!("flushing the database failed: {e}");
         }
@@ -65,6 +70,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         let services = Arc::clone(&services);
         async move { services.shutdown_signal().await }
     });
+    let background = services.start_background();
     let app = crate::api::router::build(Arc::clone(&services));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -96,6 +102,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         shutdown: Some(tx),
         task,
         sender,
+        background,
     })
 }
 

@@ -61,6 +61,18 @@ pub const TABLES: &[&str] = &[
     "outgoing_queue",
     "outgoing_state",
     "federation_txns",
+    // receipts (newest per user, type and thread; and by stream position)
+    "receipts_latest",
+    "receipts_stream",
+    // push: notifications per user and room (unread counts) and per user (the list)
+    "user_notifications",
+    "notification_stream",
+    // presence: the state of each user, and who changed by stream position
+    "presence",
+    "presence_stream",
+    // pushers and the queue of pushes to send
+    "pushers",
+    "push_queue",
 ];
 
 pub struct Database {

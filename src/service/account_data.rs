@@ -59,6 +59,20 @@ impl AccountData {
             .map(|s| s.content))
     }
 
+    /// The content with the stream position of its last change, so callers can cache
+    /// what they derive from it.
+    pub fn get_versioned(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+    ) -> Result<Option<(u64, Box<RawJsonValue>)>> {
+        Ok(self
+            .account_data
+            .get_json::<Stored>(Self::key(user_id, room_id, kind))?
+            .map(|s| (s.count, s.content)))
+    }
+
     pub fn set(
         &self,
         user_id: &UserId,

@@ -6,12 +6,17 @@ use std::sync::Arc;
 use crate::{config::Config, database::Database, error::Result};
 
 pub mod account_data;
+pub mod deadlines;
 pub mod federation;
 pub mod globals;
 pub mod notifier;
+pub mod presence;
+pub mod push;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 pub mod sending;
+pub mod typing;
 pub mod uiaa;
 pub mod users;
 
@@ -23,9 +28,13 @@ pub struct Services {
     pub notifier: Arc<notifier::Notifier>,
     pub users: users::Users,
     pub rooms: rooms::Rooms,
-    pub account_data: account_data::AccountData,
+    pub account_data: Arc<account_data::AccountData>,
+    pub push: Arc<push::Push>,
     pub uiaa: uiaa::Uiaa,
     pub ratelimit: ratelimit::RateLimiter,
+    pub typing: typing::Typing,
+    pub presence: presence::PresenceService,
+    pub receipts: receipts::Receipts,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -40,6 +49,8 @@ impl Services {
             Arc::clone(&globals),
             Arc::clone(&federation),
         )?);
+        let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&notifier)));
+        let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data), &config)?);
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
             rooms: rooms::Rooms::new(
@@ -47,10 +58,15 @@ impl Services {
                 Arc::clone(&globals),
                 Arc::clone(&notifier),
                 Arc::clone(&sending),
+                Arc::clone(&push),
             )?,
-            account_data: account_data::AccountData::new(&db, Arc::clone(&notifier)),
+            account_data,
+            push,
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
+            typing: typing::Typing::new(&db),
+            presence: presence::PresenceService::new(&db, &config),
+            receipts: receipts::Receipts::new(&db),
             federation,
             sending,
             db,
@@ -68,6 +84,16 @@ impl Services {
     pub async fn shutdown_signal(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    /// The timers and queues that run beside the request handlers; each stops on the
+    /// shutdown signal.
+    pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(typing::run_timers(Arc::clone(self))),
+            tokio::spawn(presence::run_timers(Arc::clone(self))),
+            tokio::spawn(push::sender::run(Arc::clone(self))),
+        ]
     }
 
     pub fn config(&self) -> &Config {

@@ -18,6 +18,7 @@ mod errors;
 mod federation;
 mod messages;
 mod profile;
+mod realtime;
 mod relations;
 mod rooms;
 mod state_res;

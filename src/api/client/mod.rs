@@ -10,11 +10,15 @@ pub mod discovery;
 pub mod filter;
 pub mod membership;
 pub mod message;
+pub mod notifications;
+pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod receipt;
 pub mod relations;
 pub mod room;
 pub mod sync;
+mod sync_realtime;
 
 pub fn routes(router: AppRouter) -> AppRouter {
     let router = discovery::routes(router);
@@ -29,5 +33,8 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = directory::routes(router);
     let router = device::routes(router);
     let router = relations::routes(router);
+    let router = receipt::routes(router);
+    let router = notifications::routes(router);
+    let router = presence::routes(router);
     sync::routes(router)
 }

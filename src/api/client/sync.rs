@@ -24,7 +24,7 @@ use ruma::{
 use serde::Serialize;
 use serde_json::{Value, json, value::RawValue};
 
-use super::{filter, message};
+use super::{filter, message, sync_realtime};
 use crate::{
     api::{
         router::{AppRouter, route_any},
@@ -45,6 +45,8 @@ struct SyncResponse {
     rooms: Rooms,
     #[serde(skip_serializing_if = "Events::is_empty")]
     account_data: Events<Value>,
+    #[serde(skip_serializing_if = "Events::is_empty")]
+    presence: Events<Value>,
 }
 
 #[derive(Default, Serialize)]
@@ -92,8 +94,13 @@ struct JoinedRoom {
     state: Events<Box<RawValue>>,
     #[serde(skip_serializing_if = "Events::is_empty")]
     account_data: Events<Value>,
+    #[serde(skip_serializing_if = "Events::is_empty")]
+    ephemeral: Events<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     summary: Option<Value>,
+    unread_notifications: Value,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    unread_thread_notifications: BTreeMap<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -148,6 +155,7 @@ async fn sync_route(
     // Subscribed before the first computation: a change after this point wakes us even if
     // it lands while we compute.
     let mut wake = services.notifier.subscribe(&user);
+    crate::service::presence::on_sync(&services, &user, &req.set_presence)?;
     loop {
         let token = services.db.committed();
         let ctx = Ctx {
@@ -201,6 +209,8 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
         global_account_data.clear();
     }
 
+    // Rooms joined since the token: their members' presence is sent whole.
+    let mut new_rooms = Vec::new();
     for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user)? {
         if record.forgotten || room_filter.not_rooms.contains(&room_id) {
             continue;
@@ -215,6 +225,9 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
             continue;
         }
         let changed_since = ctx.since.is_none_or(|s| record.count > s);
+        if changed_since && ctx.since.is_some() && record.membership == MembershipState::Join {
+            new_rooms.push(room_id.clone());
+        }
         let account_data = room_account_data.remove(&room_id).unwrap_or_default();
         match record.membership {
             MembershipState::Join => {
@@ -243,13 +256,25 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
         }
     }
 
-    let has_changes = !(rooms.is_empty() && global_account_data.is_empty());
+    let presence = if ctx.filter.presence.not_types.iter().any(|t| t == "*") {
+        Vec::new()
+    } else {
+        crate::service::presence::sync_events(
+            ctx.services,
+            ctx.user,
+            ctx.since,
+            ctx.token,
+            &new_rooms,
+        )?
+    };
+    let has_changes = !(rooms.is_empty() && global_account_data.is_empty() && presence.is_empty());
     let response = SyncResponse {
         next_batch: ctx.token.to_string(),
         rooms,
         account_data: Events {
             events: global_account_data,
         },
+        presence: Events { events: presence },
     };
     Ok((response, has_changes))
 }
@@ -487,7 +512,16 @@ fn joined_room(
         ctx.since.unwrap_or(0)
     };
     let quiet = services.rooms.last_count(room_id)? <= since;
-    if quiet && account_data.is_empty() && !ctx.full_state && !newly_joined {
+    let ephemeral = sync_realtime::ephemeral(
+        services,
+        ctx.user,
+        room_id,
+        &ctx.filter.room.ephemeral,
+        since,
+        ctx.token,
+    )?;
+    if quiet && account_data.is_empty() && ephemeral.is_empty() && !ctx.full_state && !newly_joined
+    {
         return Ok(None);
     }
     let limit = timeline_limit(&ctx.filter.room.timeline);
@@ -515,7 +549,15 @@ fn joined_room(
         } else {
             None
         };
+    let (unread_notifications, unread_thread_notifications) = sync_realtime::unread(
+        services,
+        ctx.user,
+        room_id,
+        ctx.filter.room.timeline.unread_thread_notifications,
+    )?;
     Ok(Some(JoinedRoom {
+        unread_notifications,
+        unread_thread_notifications,
         timeline: Timeline {
             events: client_events(ctx, events.into_iter().map(|(_, p)| p))?,
             limited,
@@ -527,6 +569,7 @@ fn joined_room(
         account_data: Events {
             events: account_data,
         },
+        ephemeral: Events { events: ephemeral },
         summary,
     }))
 }

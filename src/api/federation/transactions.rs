@@ -16,7 +16,7 @@ use crate::{
         ruma::Ruma,
     },
     error::{Error, Result},
-    service::{Services, rooms::incoming},
+    service::{Services, presence, receipts, rooms::incoming, typing},
 };
 
 /// The spec's limits on one transaction.
@@ -60,17 +60,34 @@ async fn send_transaction_route(
         }
     }
     for edu in &body.edus {
-        // Typing, receipts, presence, device lists and to-device messages arrive with the
-        // services that own them; until then they are read and dropped.
-        if let Ok(edu) = edu.deserialize_as_unchecked::<serde_json::Value>() {
-            tracing::debug!(%origin, edu_type = ?edu.get("edu_type"), "EDU not handled yet");
-        }
+        handle_edu(&services, &origin, edu.json());
     }
     services
         .federation
         .inbound
         .finish_transaction(&origin, &body.transaction_id, &results)?;
     Ok(send_transaction_message::v1::Response::new(results))
+}
+
+/// One EDU, handed to the service that owns its type. EDUs are best effort: a bad one is
+/// logged and skipped, never failing the transaction.
+fn handle_edu(services: &Services, origin: &ruma::ServerName, raw: &RawJsonValue) {
+    let Ok(edu) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+        return;
+    };
+    let content = &edu["content"];
+    let result = match edu["edu_type"].as_str().unwrap_or_default() {
+        "m.typing" => typing::handle_edu(services, origin, content),
+        "m.receipt" => receipts::handle_edu(services, origin, content),
+        "m.presence" => presence::handle_edu(services, origin, content),
+        other => {
+            tracing::debug!(%origin, edu_type = other, "EDU not handled");
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        tracing::info!(%origin, "EDU not applied: {}", e.message);
+    }
 }
 
 /// One PDU of a transaction; its id (when it has a readable one) and the outcome.

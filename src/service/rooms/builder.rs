@@ -499,6 +499,14 @@ impl Rooms {
             CanonicalJsonValue::String(pdu.event_id.to_string()),
         );
         let json = serde_json::to_vec(&object)?;
+        // Run before the commit (it only reads); a failure costs notifications, not the event.
+        let pushes = self
+            .push
+            .evaluate(self, &pdu, state, self.globals.server_name())
+            .unwrap_or_else(|e| {
+                tracing::warn!(event_id = %pdu.event_id, "push rules failed: {}", e.message);
+                Vec::new()
+            });
 
         let count = self.db.commit(|c| {
             let count = c.next_count();
@@ -569,11 +577,16 @@ impl Rooms {
                 self.write_membership(c, &room_id, change, count)?;
             }
             self.queue_outgoing(c, &pdu, &json, broadcast)?;
+            self.push
+                .record(c, &pdu, count, pdu.origin_server_ts.into(), &pushes)?;
             self.set_last_count(&room_id, count);
             Ok(count)
         });
         let count = count.inspect_err(|_| self.forget_joined_servers(&room_id))?;
         self.sending.wake();
+        if pushes.iter().any(|o| !o.pushers.is_empty()) {
+            self.push.wake_sender();
+        }
         if let Some((target, _)) = redaction_target {
             self.forget_cached(&target);
         }

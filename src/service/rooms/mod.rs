@@ -11,7 +11,7 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use crate::{
     database::{Database, Table, key::to_u64},
     error::Result,
-    service::{globals::Globals, notifier::Notifier, sending::Sending},
+    service::{globals::Globals, notifier::Notifier, push::Push, sending::Sending},
 };
 
 pub mod alias;
@@ -41,6 +41,8 @@ pub struct Rooms {
     pub(crate) globals: Arc<Globals>,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) sending: Arc<Sending>,
+    /// Push rules run on every appended event (`builder.rs`).
+    pub(crate) push: Arc<Push>,
     global: Table,
     roomid_shortroomid: Table,
     eventid_shorteventid: Table,
@@ -83,6 +85,7 @@ impl Rooms {
         globals: Arc<Globals>,
         notifier: Arc<Notifier>,
         sending: Arc<Sending>,
+        push: Arc<Push>,
     ) -> Result<Self> {
         let global = db.table("global");
         let next_short = global
@@ -94,6 +97,7 @@ impl Rooms {
             globals,
             notifier,
             sending,
+            push,
             global,
             roomid_shortroomid: db.table("roomid_shortroomid"),
             eventid_shorteventid: db.table("eventid_shorteventid"),

@@ -1,0 +1,107 @@
+//! Pushers (spec: "Pushers"): where a user's notifications are pushed. Kept per user,
+//! app id and pushkey; `append: false` takes the pushkey over from every other user, as
+//! the spec says (a device changes hands).
+
+use ruma::{OwnedUserId, UserId, api::client::push::Pusher};
+use serde::{Deserialize, Serialize};
+
+use super::Push;
+use crate::{database::key, error::Result, service::globals::now_ms};
+
+#[derive(Clone, Deserialize, Serialize)]
+pub struct StoredPusher {
+    pub pusher: Pusher,
+    /// When the pusher was set, in ms (sent to the gateway as `pushkey_ts`, in seconds).
+    pub ts: u64,
+}
+
+fn pusher_key(user_id: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
+    key::key(&[user_id.as_bytes(), app_id.as_bytes(), pushkey.as_bytes()])
+}
+
+impl Push {
+    pub fn pushers(&self, user_id: &UserId) -> Result<Vec<StoredPusher>> {
+        self.pushers
+            .scan_prefix(key::prefix(&[user_id.as_bytes()]))
+            .map(|(_, v)| Ok(serde_json::from_slice(&v)?))
+            .collect()
+    }
+
+    pub fn pusher(
+        &self,
+        user_id: &UserId,
+        app_id: &str,
+        pushkey: &str,
+    ) -> Result<Option<StoredPusher>> {
+        self.pushers.get_json(pusher_key(user_id, app_id, pushkey))
+    }
+
+    /// Adds or replaces a pusher; without `append`, the same app id and pushkey of other
+    /// users go, in the same batch.
+    pub fn set_pusher(&self, user_id: &UserId, pusher: Pusher, append: bool) -> Result<()> {
+        let others: Vec<Box<[u8]>> = if append {
+            Vec::new()
+        } else {
+            // Rare (a client registering a device): a scan of every pusher is fine.
+            self.pushers
+                .iter()
+                .filter(|(k, _)| {
+                    let mut parts = key::parts(k);
+                    let user = parts.next().unwrap_or_default();
+                    user != user_id.as_bytes()
+                        && parts.next() == Some(pusher.ids.app_id.as_bytes())
+                        && parts.next() == Some(pusher.ids.pushkey.as_bytes())
+                })
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let k = pusher_key(user_id, &pusher.ids.app_id, &pusher.ids.pushkey);
+        let value = serde_json::to_vec(&StoredPusher {
+            pusher,
+            ts: now_ms(),
+        })?;
+        self.db.write(|b| {
+            for other in &others {
+                b.delete(&self.pushers, other);
+            }
+            b.put(&self.pushers, &k, &value);
+        })
+    }
+
+    pub fn remove_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
+        self.pushers.delete(pusher_key(user_id, app_id, pushkey))
+    }
+
+    /// How many pushes wait to be sent (or retried).
+    pub fn queued_pushes(&self) -> usize {
+        self.push_queue.iter().count()
+    }
+
+    /// `(app_id, pushkey)` of each of the user's pushers, for the append path.
+    pub(super) fn pusher_ids(&self, user_id: &UserId) -> Vec<(String, String)> {
+        self.pushers
+            .scan_prefix(key::prefix(&[user_id.as_bytes()]))
+            .filter_map(|(k, _)| {
+                let mut parts = key::parts(&k).skip(1);
+                let app = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                let pushkey = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                Some((app, pushkey))
+            })
+            .collect()
+    }
+}
+
+/// Who a queued push is for.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct QueuedPush {
+    pub user_id: OwnedUserId,
+    pub app_id: String,
+    pub pushkey: String,
+    /// Stream position of the event (the user's notification at it).
+    pub count: u64,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this time (ms).
+    #[serde(default)]
+    pub next_try: u64,
+}
