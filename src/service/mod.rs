@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::{config::Config, database::Database, error::Result};
 
 pub mod account_data;
+pub mod e2ee;
 pub mod federation;
 pub mod globals;
 pub mod notifier;
@@ -24,6 +25,7 @@ pub struct Services {
     pub users: users::Users,
     pub rooms: rooms::Rooms,
     pub account_data: account_data::AccountData,
+    pub e2ee: e2ee::E2ee,
     pub uiaa: uiaa::Uiaa,
     pub ratelimit: ratelimit::RateLimiter,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -49,6 +51,7 @@ impl Services {
                 Arc::clone(&sending),
             )?,
             account_data: account_data::AccountData::new(&db, Arc::clone(&notifier)),
+            e2ee: e2ee::E2ee::new(&db),
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
             federation,
@@ -68,6 +71,23 @@ impl Services {
     pub async fn shutdown_signal(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Removes a device: its tokens, and its keys and pending to-device messages, which
+    /// other users' devices learn of as a device-list change.
+    pub fn remove_device(&self, user_id: &ruma::UserId, device_id: &str) -> Result<()> {
+        self.users.remove_device(user_id, device_id)?;
+        self.e2ee.remove_device(user_id, device_id)?;
+        self.announce_device_change(user_id, device_id, true)
+    }
+
+    pub fn remove_all_devices(&self, user_id: &ruma::UserId, except: Option<&str>) -> Result<()> {
+        for device in self.users.devices(user_id)? {
+            if Some(device.device_id.as_str()) != except {
+                self.remove_device(user_id, device.device_id.as_str())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {

@@ -4,10 +4,12 @@ use super::router::AppRouter;
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
 pub mod device;
 pub mod directory;
 pub mod discovery;
 pub mod filter;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod profile;
@@ -15,6 +17,7 @@ pub mod push;
 pub mod relations;
 pub mod room;
 pub mod sync;
+pub mod to_device;
 
 pub fn routes(router: AppRouter) -> AppRouter {
     let router = discovery::routes(router);
@@ -29,5 +32,8 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = directory::routes(router);
     let router = device::routes(router);
     let router = relations::routes(router);
+    let router = keys::routes(router);
+    let router = backup::routes(router);
+    let router = to_device::routes(router);
     sync::routes(router)
 }

@@ -60,10 +60,24 @@ async fn send_transaction_route(
         }
     }
     for edu in &body.edus {
-        // Typing, receipts, presence, device lists and to-device messages arrive with the
-        // services that own them; until then they are read and dropped.
-        if let Ok(edu) = edu.deserialize_as_unchecked::<serde_json::Value>() {
-            tracing::debug!(%origin, edu_type = ?edu.get("edu_type"), "EDU not handled yet");
+        let Ok(edu) = edu.deserialize_as_unchecked::<serde_json::Value>() else {
+            continue;
+        };
+        // An EDU that fails is dropped: EDUs are not retried and the PDUs still count.
+        let content = &edu["content"];
+        let handled = match edu["edu_type"].as_str().unwrap_or_default() {
+            // Both say "this user's keys changed": their users query again.
+            "m.device_list_update" | "m.signing_key_update" => {
+                services.receive_device_list_update(&origin, content)
+            }
+            "m.direct_to_device" => services.receive_direct_to_device(&origin, content),
+            kind => {
+                tracing::debug!(%origin, edu_type = kind, "EDU not handled yet");
+                Ok(())
+            }
+        };
+        if let Err(e) = handled {
+            tracing::info!(%origin, "EDU not processed: {}", e.message);
         }
     }
     services
