@@ -267,3 +267,56 @@ async fn own_new_device_is_in_own_device_lists() {
     let sync = server.sync(&alice, Some(&since), 5000).await;
     assert_eq!(changed(&sync), vec![alice.user_id.clone()], "{sync}");
 }
+
+/// The claim path itself under real parallelism (threads, no HTTP in between, so the
+/// window between finding a key and deleting it is as narrow as it gets): every key is
+/// handed out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_claims_in_threads_never_share_a_key() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let keys: serde_json::Map<String, Value> = (0..400)
+        .map(|i| {
+            (
+                format!("signed_curve25519:K{i:04}"),
+                json!({ "key": format!("k{i}") }),
+            )
+        })
+        .collect();
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            &alice.token,
+            json!({ "one_time_keys": keys }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let services = server.services().clone();
+    let user = ruma::UserId::parse(alice.user_id.as_str()).expect("user id");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (services, user, barrier) = (services.clone(), user.clone(), barrier.clone());
+            let device = alice.device_id.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..60)
+                    .filter_map(|_| {
+                        services
+                            .e2ee
+                            .claim(&user, &device, "signed_curve25519")
+                            .expect("claim")
+                            .map(|(id, _)| id)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let claimed: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    let unique: std::collections::BTreeSet<_> = claimed.iter().collect();
+    assert_eq!(claimed.len(), 400, "every key handed out, then none");
+    assert_eq!(unique.len(), 400, "no key handed out twice");
+}
