@@ -66,6 +66,7 @@ pub const TABLES: &[&str] = &[
     "e2ee_one_time_keys",
     "e2ee_fallback_keys",
     "e2ee_key_changes",
+    "e2ee_key_change_stream",
     "e2ee_cross_signing_keys",
     "e2ee_key_signatures",
     "e2ee_to_device",

@@ -108,8 +108,7 @@ impl E2ee {
             for (k, v) in &writes {
                 c.put(&self.cross_signing_keys, k, v);
             }
-            self.mark_changed(c, user);
-            Ok(())
+            self.mark_changed(c, user)
         })
     }
 
@@ -166,9 +165,10 @@ impl E2ee {
                 for (k, v) in &writes {
                     c.put(&self.key_signatures, k, v);
                 }
+                changed.sort();
                 changed.dedup();
                 for user in &changed {
-                    self.mark_changed(c, user);
+                    self.mark_changed(c, user)?;
                 }
                 Ok(())
             })?;

@@ -34,27 +34,18 @@ pub fn is_encrypted(services: &Services, room_id: &RoomId) -> Result<bool> {
         .is_some())
 }
 
-/// Users sharing an encrypted room with `user` now (`user` included).
-pub fn encrypted_room_peers(services: &Services, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
-    let mut peers = BTreeSet::from([user.to_owned()]);
-    for room_id in services.rooms.rooms_joined(user)? {
-        if is_encrypted(services, &room_id)? {
-            peers.extend(services.rooms.joined_members(&room_id)?);
-        }
-    }
-    Ok(peers)
-}
-
+/// Runs on every `/sync`: key changes come from one range scan of the change stream, and
+/// member lists are read per encrypted room, with per-member lookups only in rooms that
+/// had events in the range (a membership change is an event).
 pub fn changes(services: &Services, user: &UserId, since: u64, until: u64) -> Result<DeviceLists> {
     let in_range = |p: u64| p > since && p <= until;
-    let changed_keys =
-        |u: &UserId| -> Result<bool> { Ok(services.e2ee.last_change(u)?.is_some_and(in_range)) };
+    let changed_keys = services.e2ee.changed_between(since, until);
     let mut out = DeviceLists::default();
-    if changed_keys(user)? {
+    if changed_keys.contains(user) {
         out.changed.insert(user.to_owned());
     }
     let mut sharing = BTreeSet::from([user.to_owned()]);
-    // Members who left a room after `since`, and rooms the user left: candidates for `left`.
+    // Members who left a room in the range, and members of rooms the user left.
     let mut departed = BTreeSet::new();
     for (room_id, record) in services.rooms.user_rooms(user)? {
         if record.count > until || !is_encrypted(services, &room_id)? {
@@ -71,18 +62,20 @@ pub fn changes(services: &Services, user: &UserId, since: u64, until: u64) -> Re
             }
             _ => continue,
         }
+        let active = services.rooms.last_count(&room_id)? > since;
         for (member, membership) in services.rooms.members(&room_id, None)? {
-            let member_moved = services
-                .rooms
-                .user_room(&member, &room_id)?
-                .is_some_and(|r| in_range(r.count));
+            let member_moved = active
+                && services
+                    .rooms
+                    .user_room(&member, &room_id)?
+                    .is_some_and(|r| in_range(r.count));
             if membership != MembershipState::Join {
                 if member_moved {
                     departed.insert(member);
                 }
                 continue;
             }
-            if member != user && (i_moved || member_moved || changed_keys(&member)?) {
+            if member != user && (i_moved || member_moved || changed_keys.contains(&member)) {
                 out.changed.insert(member.clone());
             }
             sharing.insert(member);

@@ -2,13 +2,13 @@
 //! key-change stream: every change of a user's devices or keys writes the user's new
 //! stream position, which `/sync` and `/keys/changes` compare with their tokens.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::{
     Engine, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
-use ruma::{CanonicalJsonValue, UserId, signatures::SigningKeyAlgorithm};
+use ruma::{CanonicalJsonValue, OwnedUserId, UserId, signatures::SigningKeyAlgorithm};
 use serde_json::{Map, Value, json};
 
 use super::E2ee;
@@ -49,6 +49,12 @@ pub fn signature_valid(object: &Value, signer: &str, key_id: &str, public_key: &
     .is_ok()
 }
 
+fn stream_key(position: u64, user: &UserId) -> Vec<u8> {
+    let mut out = key::u64_key(position).to_vec();
+    out.extend_from_slice(user.as_bytes());
+    out
+}
+
 /// The algorithm part of `algorithm:key_id`.
 fn algorithm_of(key_id: &str) -> Option<&str> {
     key_id.split_once(':').map(|(a, _)| a)
@@ -64,17 +70,33 @@ pub struct Upload {
 
 impl E2ee {
     /// Records, in `c`, that `user`'s devices or keys changed.
-    pub fn mark_changed(&self, c: &mut Commit, user: &UserId) {
+    pub fn mark_changed(&self, c: &mut Commit, user: &UserId) -> Result<()> {
         let position = c.next_count();
+        // Only the newest change of a user stays in the stream: it is all a range asks.
+        if let Some(old) = self.last_change(user)? {
+            c.delete(&self.key_change_stream, stream_key(old, user));
+        }
         c.put(&self.key_changes, user.as_bytes(), key::u64_key(position));
+        c.put(&self.key_change_stream, stream_key(position, user), b"");
+        Ok(())
+    }
+
+    /// Users whose devices or keys changed at a position in `(since, until]`.
+    pub fn changed_between(&self, since: u64, until: u64) -> BTreeSet<OwnedUserId> {
+        self.key_change_stream
+            .scan_from(key::u64_key(since.saturating_add(1)).to_vec(), Vec::new())
+            .map_while(|(k, _)| {
+                let position = key::to_u64(k.get(..8)?);
+                let user = std::str::from_utf8(k.get(8..)?).ok()?;
+                (position <= until).then(|| UserId::parse(user).ok())
+            })
+            .flatten()
+            .collect()
     }
 
     /// Records a change on its own (a new device, a remote user's update).
     pub fn note_changed(&self, user: &UserId) -> Result<()> {
-        self.db.commit(|c| {
-            self.mark_changed(c, user);
-            Ok(())
-        })
+        self.db.commit(|c| self.mark_changed(c, user))
     }
 
     /// The stream position of `user`'s last device or key change.
@@ -169,7 +191,7 @@ impl E2ee {
                     key::key(&[user.as_bytes(), device.as_bytes()]),
                     keys,
                 );
-                self.mark_changed(c, user);
+                self.mark_changed(c, user)?;
             }
             for (k, v) in &otks {
                 c.put(&self.one_time_keys, k, v);
@@ -293,8 +315,7 @@ impl E2ee {
             for k in &signatures {
                 c.delete(&self.key_signatures, k);
             }
-            self.mark_changed(c, user);
-            Ok(())
+            self.mark_changed(c, user)
         })
     }
 }

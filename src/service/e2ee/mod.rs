@@ -29,6 +29,8 @@ pub struct E2ee {
     fallback_keys: Table,
     /// user -> stream position of the last change of the user's devices or keys.
     key_changes: Table,
+    /// (position, user) for each user's last change: who changed in a range of positions.
+    key_change_stream: Table,
     /// (user, kind) -> cross-signing key; kind is `master`, `self_signing`, `user_signing`.
     cross_signing_keys: Table,
     /// (target user, target key id, signer) -> `{signer key id: signature}`.
@@ -55,6 +57,7 @@ impl E2ee {
             one_time_keys: db.table("e2ee_one_time_keys"),
             fallback_keys: db.table("e2ee_fallback_keys"),
             key_changes: db.table("e2ee_key_changes"),
+            key_change_stream: db.table("e2ee_key_change_stream"),
             cross_signing_keys: db.table("e2ee_cross_signing_keys"),
             key_signatures: db.table("e2ee_key_signatures"),
             to_device: db.table("e2ee_to_device"),
