@@ -8,13 +8,13 @@ use super::{Device, canonical, query_keys};
 use crate::common::{TestServer, User};
 
 /// A user's three cross-signing keys.
-struct CrossSigning {
-    master: Ed25519Keypair,
+pub struct CrossSigning {
+    pub master: Ed25519Keypair,
     self_signing: Ed25519Keypair,
     user_signing: Ed25519Keypair,
 }
 
-fn public(key: &Ed25519Keypair) -> String {
+pub fn public(key: &Ed25519Keypair) -> String {
     key.public_key().to_base64()
 }
 
@@ -28,7 +28,7 @@ fn sign_with(object: &mut Value, user: &str, signer: &Ed25519Keypair) {
 }
 
 impl CrossSigning {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             master: Ed25519Keypair::new(),
             self_signing: Ed25519Keypair::new(),
@@ -48,7 +48,7 @@ impl CrossSigning {
         object
     }
 
-    fn upload_body(&self, user: &str) -> Value {
+    pub fn upload_body(&self, user: &str) -> Value {
         json!({
             "master_key": self.key(user, "master", &self.master),
             "self_signing_key": self.key(user, "self_signing", &self.self_signing),
@@ -57,7 +57,7 @@ impl CrossSigning {
     }
 }
 
-async fn upload_signing(server: &TestServer, user: &User, body: Value) -> (u16, Value) {
+pub async fn upload_signing(server: &TestServer, user: &User, body: Value) -> (u16, Value) {
     let (status, body) = server
         .post(
             "/_matrix/client/v3/keys/device_signing/upload",

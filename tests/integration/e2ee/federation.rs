@@ -8,7 +8,9 @@ use ruma::api::federation::device::get_devices;
 use serde_json::{Value, json};
 
 use super::{
-    Device, encrypted_room,
+    Device,
+    cross_signing::{CrossSigning, public, upload_signing},
+    encrypted_room,
     olm::{SECRET, fetch_peer, receive_encrypted, send_encrypted},
     query_keys,
 };
@@ -74,25 +76,58 @@ async fn bob_on_another_server_decrypts_alices_message() {
 
     // Bob's new login reaches Alice's device list through an EDU.
     b.login(&bob.user).await;
+    wait_for_change(&a, &alice.user, alice_since, &bob.user.user_id).await;
+    let keys = query_keys(&a, &alice.user, &bob.user.user_id).await;
+    assert!(keys["device_keys"][&bob.user.user_id][&bob.user.device_id].is_object());
+
+    // Bob's cross-signing keys: announced to Alice's server, served through it.
+    let since = next_batch(&a.sync(&alice.user, None, 0).await);
+    let cross = CrossSigning::new();
+    let (status, body) = upload_signing(&b, &bob.user, cross.upload_body(&bob.user.user_id)).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_change(&a, &alice.user, since, &bob.user.user_id).await;
+    let keys = query_keys(&a, &alice.user, &bob.user.user_id).await;
+    let master = &keys["master_keys"][&bob.user.user_id]["keys"];
+    assert_eq!(
+        master[format!("ed25519:{}", public(&cross.master))],
+        public(&cross.master),
+        "{keys}"
+    );
+    assert!(
+        keys["self_signing_keys"][&bob.user.user_id].is_object(),
+        "{keys}"
+    );
+    assert!(
+        keys["user_signing_keys"].get(&bob.user.user_id).is_none(),
+        "another user's user-signing key is never shown: {keys}"
+    );
+}
+
+/// Long-polls `user`'s sync from `since` until `target` is in `device_lists.changed`.
+async fn wait_for_change(
+    server: &TestServer,
+    user: &crate::common::User,
+    since: String,
+    target: &str,
+) {
     let started = Instant::now();
-    let mut since = alice_since;
+    let mut since = since;
     loop {
-        let sync = a.sync(&alice.user, Some(&since), 1000).await;
+        let sync = server.sync(user, Some(&since), 1000).await;
         let changed: Vec<Value> = sync["device_lists"]["changed"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if changed.contains(&json!(bob.user.user_id)) {
-            break;
+        if changed.contains(&json!(target)) {
+            return;
         }
         since = next_batch(&sync);
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "Bob's new device never showed in Alice's device lists"
+            "{target} never showed in {}'s device lists",
+            user.user_id
         );
     }
-    let keys = query_keys(&a, &alice.user, &bob.user.user_id).await;
-    assert!(keys["device_keys"][&bob.user.user_id][&bob.user.device_id].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
