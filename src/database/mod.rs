@@ -73,6 +73,18 @@ pub const TABLES: &[&str] = &[
     // pushers and the queue of pushes to send
     "pushers",
     "push_queue",
+    // end-to-end encryption: public keys, signatures, to-device queues, key backups
+    "e2ee_device_keys",
+    "e2ee_one_time_keys",
+    "e2ee_fallback_keys",
+    "e2ee_key_changes",
+    "e2ee_key_change_stream",
+    "e2ee_cross_signing_keys",
+    "e2ee_key_signatures",
+    "e2ee_to_device",
+    "e2ee_to_device_txns",
+    "e2ee_backup_versions",
+    "e2ee_backup_keys",
 ];
 
 pub struct Database {

@@ -7,6 +7,7 @@ use crate::{config::Config, database::Database, error::Result};
 
 pub mod account_data;
 pub mod deadlines;
+pub mod e2ee;
 pub mod federation;
 pub mod globals;
 pub mod notifier;
@@ -30,6 +31,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub account_data: Arc<account_data::AccountData>,
     pub push: Arc<push::Push>,
+    pub e2ee: e2ee::E2ee,
     pub uiaa: uiaa::Uiaa,
     pub ratelimit: ratelimit::RateLimiter,
     pub typing: typing::Typing,
@@ -62,6 +64,7 @@ impl Services {
             )?,
             account_data,
             push,
+            e2ee: e2ee::E2ee::new(&db),
             uiaa: uiaa::Uiaa::default(),
             ratelimit: ratelimit::RateLimiter::new(&config.rate_limits),
             typing: typing::Typing::new(&db),
@@ -94,6 +97,23 @@ impl Services {
             tokio::spawn(presence::run_timers(Arc::clone(self))),
             tokio::spawn(push::sender::run(Arc::clone(self))),
         ]
+    }
+
+    /// Removes a device: its tokens, and its keys and pending to-device messages, which
+    /// other users' devices learn of as a device-list change.
+    pub fn remove_device(&self, user_id: &ruma::UserId, device_id: &str) -> Result<()> {
+        self.users.remove_device(user_id, device_id)?;
+        self.e2ee.remove_device(user_id, device_id)?;
+        self.announce_device_change(user_id, device_id, true)
+    }
+
+    pub fn remove_all_devices(&self, user_id: &ruma::UserId, except: Option<&str>) -> Result<()> {
+        for device in self.users.devices(user_id)? {
+            if Some(device.device_id.as_str()) != except {
+                self.remove_device(user_id, device.device_id.as_str())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {

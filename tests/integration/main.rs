@@ -14,6 +14,7 @@ mod crash;
 mod device;
 mod directory;
 mod discovery;
+mod e2ee;
 mod errors;
 mod federation;
 mod messages;

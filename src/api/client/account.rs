@@ -227,6 +227,7 @@ async fn register_route(
         body.body.initial_device_display_name.clone(),
         body.body.refresh_token,
     )?;
+    services.note_new_device(&user_id, device_id.as_str())?;
     response.access_token = Some(tokens.access_token);
     response.device_id = Some(device_id);
     response.refresh_token = tokens.refresh_token;
@@ -285,6 +286,7 @@ async fn login_route(
         body.body.initial_device_display_name.clone(),
         body.body.refresh_token,
     )?;
+    services.note_new_device(&user_id, device_id.as_str())?;
     let mut response = login::v3::Response::new(user_id, tokens.access_token, device_id);
     response.refresh_token = tokens.refresh_token;
     response.expires_in = tokens.expires_in_ms.map(Duration::from_millis);
@@ -295,9 +297,7 @@ async fn logout_route(
     services: Arc<Services>,
     body: Ruma<logout::v3::Request>,
 ) -> Result<logout::v3::Response> {
-    services
-        .users
-        .remove_device(body.user(), body.device().as_str())?;
+    services.remove_device(body.user(), body.device().as_str())?;
     Ok(logout::v3::Response::new())
 }
 
@@ -305,7 +305,7 @@ async fn logout_all_route(
     services: Arc<Services>,
     body: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
-    services.users.remove_all_devices(body.user(), None)?;
+    services.remove_all_devices(body.user(), None)?;
     Ok(logout_all::v3::Response::new())
 }
 
@@ -350,9 +350,7 @@ async fn change_password_route(
         .set_password(&user_id, body.body.new_password.clone())
         .await?;
     if body.body.logout_devices {
-        services
-            .users
-            .remove_all_devices(&user_id, Some(body.device().as_str()))?;
+        services.remove_all_devices(&user_id, Some(body.device().as_str()))?;
     }
     Ok(change_password::v3::Response::new())
 }
@@ -385,7 +383,7 @@ async fn deactivate_route(
             tracing::warn!(%room_id, "leaving on deactivation failed: {e}");
         }
     }
-    services.users.remove_all_devices(&user_id, None)?;
+    services.remove_all_devices(&user_id, None)?;
     // The user id stays reserved: the record is kept, marked deactivated, without password.
     services.users.update(&user_id, |u| {
         u.deactivated = true;

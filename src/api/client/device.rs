@@ -115,7 +115,7 @@ async fn remove_devices<'a>(
     )
     .await?;
     for device_id in devices {
-        services.users.remove_device(user_id, device_id)?;
+        services.remove_device(user_id, device_id)?;
     }
     Ok(())
 }

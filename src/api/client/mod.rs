@@ -4,10 +4,12 @@ use super::router::AppRouter;
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
 pub mod device;
 pub mod directory;
 pub mod discovery;
 pub mod filter;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod notifications;
@@ -19,6 +21,7 @@ pub mod relations;
 pub mod room;
 pub mod sync;
 mod sync_realtime;
+pub mod to_device;
 
 pub fn routes(router: AppRouter) -> AppRouter {
     let router = discovery::routes(router);
@@ -36,5 +39,8 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = receipt::routes(router);
     let router = notifications::routes(router);
     let router = presence::routes(router);
+    let router = keys::routes(router);
+    let router = backup::routes(router);
+    let router = to_device::routes(router);
     sync::routes(router)
 }

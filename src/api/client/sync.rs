@@ -33,6 +33,7 @@ use crate::{
     error::{Error, Result},
     service::{
         Services,
+        e2ee::device_lists,
         rooms::{Pdu, membership::UserRoom, state::StateMap},
     },
 };
@@ -47,6 +48,29 @@ struct SyncResponse {
     account_data: Events<Value>,
     #[serde(skip_serializing_if = "Events::is_empty")]
     presence: Events<Value>,
+    to_device: Events<Value>,
+    #[serde(skip_serializing_if = "DeviceLists::is_empty")]
+    device_lists: DeviceLists,
+    /// Always present for a device: clients read a missing count as "unknown" and a missing
+    /// fallback list as "the server has no fallback keys".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_one_time_keys_count: Option<BTreeMap<String, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_unused_fallback_key_types: Option<Vec<String>>,
+}
+
+#[derive(Default, Serialize)]
+struct DeviceLists {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    changed: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    left: Vec<String>,
+}
+
+impl DeviceLists {
+    fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.left.is_empty()
+    }
 }
 
 #[derive(Default, Serialize)]
@@ -267,7 +291,26 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
             &new_rooms,
         )?
     };
-    let has_changes = !(rooms.is_empty() && global_account_data.is_empty() && presence.is_empty());
+    let e2ee = &ctx.services.e2ee;
+    let to_device = match ctx.device {
+        Some(device) => e2ee.take_to_device(ctx.user, device, ctx.since, ctx.token)?,
+        None => Vec::new(),
+    };
+    let device_lists = match ctx.since {
+        Some(since) => {
+            let changes = device_lists::changes(ctx.services, ctx.user, since, ctx.token)?;
+            DeviceLists {
+                changed: changes.changed.iter().map(ToString::to_string).collect(),
+                left: changes.left.iter().map(ToString::to_string).collect(),
+            }
+        }
+        None => DeviceLists::default(),
+    };
+    let has_changes = !(rooms.is_empty()
+        && global_account_data.is_empty()
+        && presence.is_empty()
+        && to_device.is_empty()
+        && device_lists.is_empty());
     let response = SyncResponse {
         next_batch: ctx.token.to_string(),
         rooms,
@@ -275,6 +318,12 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
             events: global_account_data,
         },
         presence: Events { events: presence },
+        to_device: Events { events: to_device },
+        device_lists,
+        device_one_time_keys_count: ctx.device.map(|d| e2ee.one_time_key_counts(ctx.user, d)),
+        device_unused_fallback_key_types: ctx
+            .device
+            .map(|d| e2ee.unused_fallback_types(ctx.user, d)),
     };
     Ok((response, has_changes))
 }

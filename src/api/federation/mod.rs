@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 pub mod directory;
 pub mod event;
+pub mod keys;
 pub mod membership;
 pub mod query;
 pub mod transactions;
@@ -17,6 +18,7 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = event::routes(router);
     let router = membership::routes(router);
     let router = directory::routes(router);
+    let router = keys::routes(router);
     query::routes(router)
 }
 

@@ -80,6 +80,11 @@ fn handle_edu(services: &Services, origin: &ruma::ServerName, raw: &RawJsonValue
         "m.typing" => typing::handle_edu(services, origin, content),
         "m.receipt" => receipts::handle_edu(services, origin, content),
         "m.presence" => presence::handle_edu(services, origin, content),
+        // Both say "this user's keys changed": their users query again.
+        "m.device_list_update" | "m.signing_key_update" => {
+            services.receive_device_list_update(origin, content)
+        }
+        "m.direct_to_device" => services.receive_direct_to_device(origin, content),
         other => {
             tracing::debug!(%origin, edu_type = other, "EDU not handled");
             Ok(())
