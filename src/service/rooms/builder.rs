@@ -373,7 +373,7 @@ impl Rooms {
             e => Error::bad_json(format!("event cannot be signed: {e}")),
         })?;
         if !with_hashes {
-            let hash = ruma::signatures::reference_hash(&object, &rules)
+            let hash = ruma::signatures::reference_hash(&object, rules)
                 .map_err(|e| Error::too_large(format!("event is too large: {e}")))?;
             object.insert(
                 "event_id".to_owned(),

@@ -54,7 +54,7 @@ fn decode(bytes: &[u8]) -> Result<Stored> {
     let depth = to_u64(&bytes[8..16]);
     let n_added = to_u64(&bytes[16..24]) as usize;
     let added_end = 24 + n_added * 16;
-    if bytes.len() < added_end || (bytes.len() - added_end) % 8 != 0 {
+    if bytes.len() < added_end || !(bytes.len() - added_end).is_multiple_of(8) {
         return Err(Error::internal("corrupt state snapshot"));
     }
     let added = bytes[24..added_end]
