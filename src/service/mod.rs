@@ -104,6 +104,7 @@ impl Services {
     pub fn remove_device(&self, user_id: &ruma::UserId, device_id: &str) -> Result<()> {
         self.users.remove_device(user_id, device_id)?;
         self.e2ee.remove_device(user_id, device_id)?;
+        self.push.remove_device_pushers(user_id, device_id)?;
         self.announce_device_change(user_id, device_id, true)
     }
 

@@ -75,9 +75,12 @@ async fn set_pusher_route(
                     "data.url must be an http(s) URL with the path {NOTIFY_PATH}"
                 )));
             }
-            services
-                .push
-                .set_pusher(user, pusher.clone(), data.append)?;
+            services.push.set_pusher(
+                user,
+                body.sender_device.as_deref().map(|d| d.as_str()),
+                pusher.clone(),
+                data.append,
+            )?;
         }
         _ => return Err(Error::invalid_param("Unknown pusher action")),
     }

@@ -230,7 +230,10 @@ async fn create_room_route(
     }
     let is_room_state = |e: &Value, kind: &str| {
         e.get("type").and_then(Value::as_str) == Some(kind)
-            && e.get("state_key").and_then(Value::as_str).unwrap_or("").is_empty()
+            && e.get("state_key")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
     };
     let in_initial = |kind: &str| initial_state.iter().any(|e| is_room_state(e, kind));
     // Power levels in initial_state replace the generated ones, override included (as in

@@ -13,6 +13,10 @@ pub struct StoredPusher {
     pub pusher: Pusher,
     /// When the pusher was set, in ms (sent to the gateway as `pushkey_ts`, in seconds).
     pub ts: u64,
+    /// The device that set it: logging that device out removes the pusher, as Synapse
+    /// does, so a phone that was signed out stops getting pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 
 fn pusher_key(user_id: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
@@ -38,7 +42,13 @@ impl Push {
 
     /// Adds or replaces a pusher; without `append`, the same app id and pushkey of other
     /// users go, in the same batch.
-    pub fn set_pusher(&self, user_id: &UserId, pusher: Pusher, append: bool) -> Result<()> {
+    pub fn set_pusher(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        pusher: Pusher,
+        append: bool,
+    ) -> Result<()> {
         let others: Vec<Box<[u8]>> = if append {
             Vec::new()
         } else {
@@ -59,12 +69,34 @@ impl Push {
         let value = serde_json::to_vec(&StoredPusher {
             pusher,
             ts: now_ms(),
+            device_id: device_id.map(ToOwned::to_owned),
         })?;
         self.db.write(|b| {
             for other in &others {
                 b.delete(&self.pushers, other);
             }
             b.put(&self.pushers, &k, &value);
+        })
+    }
+
+    /// Removes the pushers a device set (the device logged out or was deleted).
+    pub fn remove_device_pushers(&self, user_id: &UserId, device_id: &str) -> Result<()> {
+        let keys: Vec<Box<[u8]>> = self
+            .pushers
+            .scan_prefix(key::prefix(&[user_id.as_bytes()]))
+            .filter(|(_, v)| {
+                serde_json::from_slice::<StoredPusher>(v)
+                    .is_ok_and(|p| p.device_id.as_deref() == Some(device_id))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.db.write(|b| {
+            for k in &keys {
+                b.delete(&self.pushers, k);
+            }
         })
     }
 

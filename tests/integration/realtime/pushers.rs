@@ -252,3 +252,22 @@ async fn internal_addresses_and_bad_pushers_are_refused() {
     assert_eq!(pushkeys(&server, &bob).await, vec!["k".to_owned()]);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn logging_a_device_out_removes_its_pushers() {
+    let server = TestServer::start().await;
+    let phone = server.register("bob").await;
+    let laptop = server.login(&phone).await;
+    let url = "https://push.example.org/_matrix/push/v1/notify";
+    let (status, body) = set_pusher(&server, &phone, http_pusher("phone-key", url, None)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = set_pusher(&server, &laptop, http_pusher("laptop-key", url, None)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pushkeys(&server, &laptop).await.len(), 2);
+
+    let (status, body) = server
+        .post("/_matrix/client/v3/logout", &phone.token, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pushkeys(&server, &laptop).await, ["laptop-key"]);
+}
