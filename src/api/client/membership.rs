@@ -147,9 +147,7 @@ fn servers_for(
         given.push(event.sender.server_name().to_owned());
     }
     if services.rooms.exists(room_id)? {
-        for member in services.rooms.joined_members(room_id)? {
-            given.push(member.server_name().to_owned());
-        }
+        given.extend(services.rooms.room_servers(room_id)?);
     }
     Ok(candidate_servers(
         services.globals.server_name(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    OwnedRoomId, RoomAliasId, RoomId, RoomVersionId,
+    OwnedRoomId, RoomAliasId, RoomId,
     api::client::room::{Visibility, create_room, upgrade_room},
     events::StateEventType,
 };
@@ -24,20 +24,7 @@ pub fn routes(router: AppRouter) -> AppRouter {
 }
 
 /// Room versions this server can create and join, all stable.
-pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[
-    RoomVersionId::V1,
-    RoomVersionId::V2,
-    RoomVersionId::V3,
-    RoomVersionId::V4,
-    RoomVersionId::V5,
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
+pub use crate::service::rooms::remote::SUPPORTED_VERSIONS;
 
 fn alias_for(services: &Services, localpart: &str) -> Result<ruma::OwnedRoomAliasId> {
     if localpart.is_empty() || localpart.contains(':') || localpart.contains(char::is_whitespace) {

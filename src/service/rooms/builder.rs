@@ -576,7 +576,7 @@ impl Rooms {
             if let Some(change) = &member_change {
                 self.write_membership(c, &room_id, change, count)?;
             }
-            self.queue_outgoing(c, &pdu, &json, broadcast)?;
+            self.queue_outgoing(c, &pdu, &object, rules, broadcast)?;
             self.push
                 .record(c, &pdu, count, pdu.origin_server_ts.into(), &pushes)?;
             self.set_last_count(&room_id, count);

@@ -27,7 +27,7 @@ pub fn to_federation_format(object: &mut CanonicalJsonObject, rules: &RoomVersio
     }
 }
 
-fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
+pub(super) fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
         .rules()
         .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))
@@ -88,5 +88,32 @@ impl Rooms {
         }
         to_federation_format(&mut object, &rules);
         Ok(Some(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{CanonicalJsonObject, RoomVersionId};
+
+    use super::{rules_of, to_federation_format};
+
+    fn formatted(stored: &str, version: RoomVersionId) -> serde_json::Value {
+        let mut object: CanonicalJsonObject = serde_json::from_str(stored).unwrap();
+        to_federation_format(&mut object, &rules_of(&version).unwrap());
+        serde_json::to_value(&object).unwrap()
+    }
+
+    #[test]
+    fn federation_form_drops_unsigned_and_hash_ids() {
+        let out = formatted(
+            r#"{"event_id":"$hash","type":"t","unsigned":{"prev_content":{}}}"#,
+            RoomVersionId::V12,
+        );
+        assert_eq!(out, serde_json::json!({"type": "t"}));
+        let out = formatted(
+            r#"{"event_id":"$abc:example.org","type":"t"}"#,
+            RoomVersionId::V1,
+        );
+        assert_eq!(out["event_id"], "$abc:example.org");
     }
 }

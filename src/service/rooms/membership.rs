@@ -36,7 +36,7 @@ pub struct UserRoom {
     pub forgotten: bool,
 }
 
-const STRIPPED_TYPES: &[StateEventType] = &[
+pub(super) const STRIPPED_TYPES: &[StateEventType] = &[
     StateEventType::RoomCreate,
     StateEventType::RoomJoinRules,
     StateEventType::RoomName,

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 
 use ruma::{
-    OwnedServerName, RoomId, UserId,
+    CanonicalJsonObject, OwnedServerName, RoomId, UserId,
     events::{TimelineEventType, room::member::MembershipState},
+    room_version_rules::RoomVersionRules,
 };
 
-use super::{Rooms, pdu::PduEvent};
+use super::{Rooms, federation_format::to_federation_format, pdu::PduEvent};
 use crate::{
     database::{Commit, key},
     error::Result,
@@ -41,7 +42,8 @@ impl Rooms {
         &self,
         c: &mut Commit,
         pdu: &PduEvent,
-        json: &[u8],
+        object: &CanonicalJsonObject,
+        rules: &RoomVersionRules,
         broadcast: bool,
     ) -> Result<()> {
         let own = self.globals.server_name();
@@ -65,7 +67,10 @@ impl Rooms {
         if servers.is_empty() {
             return Ok(());
         }
-        self.sending.queue_pdu(c, &servers, &pdu.event_id, json)
+        let mut outgoing = object.clone();
+        to_federation_format(&mut outgoing, rules);
+        let json = serde_json::to_vec(&outgoing)?;
+        self.sending.queue_pdu(c, &servers, &pdu.event_id, &json)
     }
 
     /// The other servers with at least one member joined to the room.

@@ -18,8 +18,10 @@ use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
 use super::{
     PduBuilder, Rooms,
+    federation_format::{rules_of, to_federation_format},
     incoming::{CheckedPdu, event_id_of},
     membership::MembershipChange,
+    membership::STRIPPED_TYPES,
     pdu::{Pdu, PduEvent},
     state::StateMap,
 };
@@ -43,22 +45,6 @@ pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[
     RoomVersionId::V11,
     RoomVersionId::V12,
 ];
-
-const STRIPPED_TYPES: &[StateEventType] = &[
-    StateEventType::RoomCreate,
-    StateEventType::RoomJoinRules,
-    StateEventType::RoomName,
-    StateEventType::RoomAvatar,
-    StateEventType::RoomCanonicalAlias,
-    StateEventType::RoomEncryption,
-    StateEventType::RoomTopic,
-];
-
-fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version
-        .rules()
-        .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))
-}
 
 /// The servers worth asking about a room, without duplicates or ourselves: those given,
 /// then the room id's server (room versions before 12 name one).
@@ -188,7 +174,7 @@ impl Rooms {
         )?;
         let event_id = pdu.event_id.clone();
         let mut outgoing = object.clone();
-        self.strip_event_id(&mut outgoing, &rules);
+        to_federation_format(&mut outgoing, &rules);
         let response = federation
             .send(
                 server,
@@ -287,13 +273,6 @@ impl Rooms {
         })
     }
 
-    fn strip_event_id(&self, object: &mut CanonicalJsonObject, rules: &RoomVersionRules) {
-        object.remove("unsigned");
-        if !matches!(rules.event_id_format, EventIdFormatVersion::V1) {
-            object.remove("event_id");
-        }
-    }
-
     /// Leaves a room this server is not joined to (rejecting an invite, retracting a
     /// knock) through `servers`. Whatever the remote servers say, the user is out here.
     pub async fn leave_remote(
@@ -356,7 +335,7 @@ impl Rooms {
             MembershipState::Leave,
             content,
         )?;
-        self.strip_event_id(&mut object, &rules);
+        to_federation_format(&mut object, &rules);
         federation
             .send(
                 server,
@@ -396,7 +375,7 @@ impl Rooms {
                     content,
                 )?;
                 let stripped_self = pdu.to_stripped_json();
-                self.strip_event_id(&mut object, &rules);
+                to_federation_format(&mut object, &rules);
                 let response = federation
                     .send(
                         server,
@@ -465,7 +444,7 @@ impl Rooms {
         let (object, pdu) = self.hash_and_sign(prepared.object.clone(), &prepared.rules)?;
         self.auth_check(&prepared.rules, &pdu, &prepared.state)?;
         let mut outgoing = object.clone();
-        self.strip_event_id(&mut outgoing, &prepared.rules);
+        to_federation_format(&mut outgoing, &prepared.rules);
         let request = create_invite::v2::Request::new(
             room_id.to_owned(),
             pdu.event_id.clone(),
@@ -484,7 +463,7 @@ impl Rooms {
         }
         // Event signatures cover the redacted event.
         let redacted = ruma::canonical_json::redact(
-            outgoing_with_sigs(&checked.object, &prepared.rules),
+            federation_copy(&checked.object, &prepared.rules),
             &prepared.rules.redaction,
             None,
         )
@@ -551,7 +530,7 @@ impl Rooms {
             return Err(Error::forbidden("The user is banned from the room"));
         }
 
-        let mut object = outgoing_with_sigs(&checked.object, &rules);
+        let mut object = federation_copy(&checked.object, &rules);
         ruma::signatures::sign_event(
             self.globals.server_name().as_str(),
             &self.globals.keypair,
@@ -600,16 +579,10 @@ impl Rooms {
     }
 }
 
-/// The event as sent over federation (no `event_id` from room version 3, no `unsigned`).
-fn outgoing_with_sigs(
-    object: &CanonicalJsonObject,
-    rules: &RoomVersionRules,
-) -> CanonicalJsonObject {
+/// The event as sent over federation, leaving the stored form alone.
+fn federation_copy(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> CanonicalJsonObject {
     let mut out = object.clone();
-    out.remove("unsigned");
-    if !matches!(rules.event_id_format, EventIdFormatVersion::V1) {
-        out.remove("event_id");
-    }
+    to_federation_format(&mut out, rules);
     out
 }
 

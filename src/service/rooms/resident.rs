@@ -36,11 +36,7 @@ impl Rooms {
     /// Whether a user of this server is joined: only then can this server make membership
     /// events for others.
     pub fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
-        let ours = self.globals.server_name();
-        Ok(self
-            .joined_members(room_id)?
-            .iter()
-            .any(|u| u.server_name() == ours))
+        self.server_in_room(self.globals.server_name(), room_id)
     }
 
     /// `make_join` / `make_leave` / `make_knock`: an unsigned member event for a user of

@@ -61,9 +61,8 @@ impl Sending {
     }
 
     /// Queues a PDU for `servers`, in the commit that appends the event: an acknowledged
-    /// event is never lost to federation. `pdu_json` is the event as stored; peers get it
-    /// without `unsigned` and, where the id is a hash, without `event_id`. Call
-    /// [`Sending::wake`] after the commit.
+    /// event is never lost to federation. `pdu_json` is the event in federation form
+    /// (`rooms::federation_format`). Call [`Sending::wake`] after the commit.
     pub fn queue_pdu(
         &self,
         c: &mut Commit,
@@ -75,10 +74,7 @@ impl Sending {
         if servers.is_empty() {
             return Ok(());
         }
-        let value = queue::encode_pdu(
-            event_id.as_str(),
-            &queue::federation_pdu(pdu_json, event_id.as_str())?,
-        );
+        let value = queue::encode_pdu(event_id.as_str(), pdu_json);
         // One position for every destination: keys only need to be unique per destination.
         let seq = c.next_count();
         for server in &servers {

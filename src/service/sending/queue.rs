@@ -144,20 +144,6 @@ pub fn decode(value: &[u8]) -> Option<Outgoing> {
     }
 }
 
-/// The PDU as peers get it: no `event_id` where the id is the reference hash (room
-/// versions 3 and later: peers derive it, and it is not part of the format) and no
-/// `unsigned`, which holds this server's view for its clients (`prev_content`,
-/// `transaction_id` ...), never part of what was signed.
-pub fn federation_pdu(stored: &[u8], event_id: &str) -> serde_json::Result<Vec<u8>> {
-    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(stored)?;
-    object.remove("unsigned");
-    // Version 1 and 2 ids are `$local:server`; reference-hash ids never contain a colon.
-    if !event_id.contains(':') {
-        object.remove("event_id");
-    }
-    serde_json::to_vec(&object)
-}
-
 /// A destination's failures in a row, kept in `outgoing_state` so a restart does not
 /// hammer a server that is down.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -249,18 +235,6 @@ mod tests {
         assert_eq!(seq_of(&k), 0x00FF_FF00_0000_00FF);
         assert_eq!(destination_of(&k).as_deref(), Some(&*name));
         assert!(after_destination(&name).as_slice() > k.as_slice());
-    }
-
-    #[test]
-    fn federation_form_drops_unsigned_and_hash_ids() {
-        let stored = br#"{"event_id":"$hash","type":"t","unsigned":{"prev_content":{}}}"#;
-        let out: serde_json::Value =
-            serde_json::from_slice(&federation_pdu(stored, "$hash").unwrap()).unwrap();
-        assert_eq!(out, serde_json::json!({"type": "t"}));
-        let stored = br#"{"event_id":"$abc:example.org","type":"t"}"#;
-        let out: serde_json::Value =
-            serde_json::from_slice(&federation_pdu(stored, "$abc:example.org").unwrap()).unwrap();
-        assert_eq!(out["event_id"], "$abc:example.org");
     }
 
     #[test]
