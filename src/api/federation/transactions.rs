@@ -4,10 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use ruma::{
-    OwnedEventId, OwnedRoomId, api::federation::transactions::send_transaction_message,
-    room_version_rules::RoomVersionRules,
-};
+use ruma::{OwnedEventId, OwnedRoomId, api::federation::transactions::send_transaction_message};
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{
@@ -108,13 +105,19 @@ async fn handle_pdu(
             return (None, Err(e));
         }
     };
-    let event_id = match event_id_for_report(services, &room_id, raw) {
-        Some(id) => id,
-        None => {
-            tracing::info!(%origin, %room_id, "dropping a PDU of a room this server is not in");
-            return (None, Err(Error::not_found("unknown room")));
-        }
+    // Parsed once: the id the sender knows the PDU by, for the response map, and the
+    // pipeline's input.
+    let parsed = services
+        .rooms
+        .room_version(&room_id)
+        .ok()
+        .flatten()
+        .and_then(|version| Some((incoming::parse_pdu(&version, raw).ok()?, version)));
+    let Some((parsed, version)) = parsed else {
+        tracing::info!(%origin, %room_id, "dropping a PDU of a room this server is not in");
+        return (None, Err(Error::not_found("unknown room")));
     };
+    let event_id = parsed.event_id.clone();
     match services.rooms.server_acl_allows(&room_id, origin) {
         Ok(true) => {}
         Ok(false) => {
@@ -129,22 +132,18 @@ async fn handle_pdu(
     }
     let result = services
         .rooms
-        .handle_incoming_pdu(&services.federation, origin, &room_id, raw, true)
+        .handle_parsed_pdu(
+            &services.federation,
+            origin,
+            &room_id,
+            &version,
+            parsed,
+            true,
+            false,
+        )
         .await;
     if let Err(e) = &result {
         tracing::info!(%origin, %event_id, "PDU not accepted: {}", e.message);
     }
     (Some(event_id), result.map(|_| ()))
-}
-
-/// The id the sender knows the PDU by, for the response map.
-fn event_id_for_report(
-    services: &Services,
-    room_id: &ruma::RoomId,
-    raw: &RawJsonValue,
-) -> Option<OwnedEventId> {
-    let version = services.rooms.room_version(room_id).ok()??;
-    let rules: RoomVersionRules = version.rules()?;
-    let object = serde_json::from_str(raw.get()).ok()?;
-    incoming::event_id_of(&object, &rules).ok()
 }

@@ -61,6 +61,30 @@ pub struct CheckedPdu {
     pub pdu: PduEvent,
 }
 
+/// A PDU parsed, with its id in its room version.
+pub struct ParsedPdu {
+    pub event_id: OwnedEventId,
+    object: CanonicalJsonObject,
+    /// Bytes as received; the size limit is checked with the signatures, once the id is
+    /// known to report the refusal under.
+    len: usize,
+}
+
+/// Canonical JSON and the event id: what a PDU is known by before any check.
+pub fn parse_pdu(version: &RoomVersionId, raw: &RawJsonValue) -> Result<ParsedPdu> {
+    let rules = version
+        .rules()
+        .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
+    let object: CanonicalJsonObject = serde_json::from_str(raw.get())
+        .map_err(|e| Error::bad_json(format!("PDU is not canonical JSON: {e}")))?;
+    let event_id = event_id_of(&object, &rules)?;
+    Ok(ParsedPdu {
+        event_id,
+        object,
+        len: raw.get().len(),
+    })
+}
+
 /// The room a PDU claims to belong to, read before its version is known.
 pub fn pdu_room_id(raw: &RawJsonValue) -> Result<OwnedRoomId> {
     #[derive(serde::Deserialize)]
@@ -109,15 +133,25 @@ impl Rooms {
         version: &RoomVersionId,
         raw: &RawJsonValue,
     ) -> Result<CheckedPdu> {
-        if raw.get().len() > MAX_PDU_BYTES {
+        self.check_parsed(federation, version, parse_pdu(version, raw)?)
+            .await
+    }
+
+    /// Signature and hash checks of a parsed PDU.
+    pub async fn check_parsed(
+        &self,
+        federation: &Federation,
+        version: &RoomVersionId,
+        parsed: ParsedPdu,
+    ) -> Result<CheckedPdu> {
+        let ParsedPdu {
+            event_id,
+            mut object,
+            len,
+        } = parsed;
+        if len > MAX_PDU_BYTES {
             return Err(Error::too_large("PDU is larger than 64 KiB"));
         }
-        let rules = version
-            .rules()
-            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
-        let mut object: CanonicalJsonObject = serde_json::from_str(raw.get())
-            .map_err(|e| Error::bad_json(format!("PDU is not canonical JSON: {e}")))?;
-        let event_id = event_id_of(&object, &rules)?;
         if let PduCheck::Redacted(redacted) = federation.verify_pdu(&object, version).await? {
             tracing::info!(%event_id, "content hash mismatch: keeping the event redacted");
             object = redacted;
@@ -174,10 +208,31 @@ impl Rooms {
         let version = self
             .room_version(room_id)?
             .ok_or_else(|| Error::not_found("This server is not in the room"))?;
+        let parsed = parse_pdu(&version, raw)?;
+        self.handle_parsed_pdu(
+            federation, origin, room_id, &version, parsed, fill_gaps, broadcast,
+        )
+        .await
+    }
+
+    /// The pipeline from a parsed PDU (`/send` parses once, to report the event's id
+    /// whatever happens to it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn handle_parsed_pdu(
+        &self,
+        federation: &Federation,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        parsed: ParsedPdu,
+        fill_gaps: bool,
+        broadcast: bool,
+    ) -> Result<(OwnedEventId, Incoming)> {
+        let version = version.clone();
         let rules = version
             .rules()
             .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
-        let checked = self.check_pdu(federation, &version, raw).await?;
+        let checked = self.check_parsed(federation, &version, parsed).await?;
         let event_id = checked.event_id.clone();
         if checked.pdu.room_id != room_id {
             return Err(Error::bad_json("PDU of another room"));
