@@ -5,8 +5,9 @@
 //! position, so unread counts are "notifications after the user's read receipt".
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
+    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
@@ -18,7 +19,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::Push;
+use super::{Push, memo::Memo};
 use crate::{
     database::{Commit, key},
     error::Result,
@@ -27,6 +28,67 @@ use crate::{
         rooms::{PduEvent, Rooms, state::StateMap},
     },
 };
+
+#[derive(Default)]
+pub(super) struct NameCache {
+    member_keys: HashMap<OwnedUserId, u64>,
+    names: HashMap<u64, Arc<str>>,
+}
+
+/// Entries per map before it starts over: a few MiB at most.
+const NAME_CACHE_ENTRIES: usize = 65_536;
+
+impl Push {
+    /// The member's display name in the room before the event ("" without one).
+    fn display_name(&self, rooms: &Rooms, state: &StateMap, user_id: &UserId) -> Result<Arc<str>> {
+        let cached = self
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .member_keys
+            .get(user_id)
+            .copied();
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let Some(k) =
+                    rooms.get_shortstatekey(&StateEventType::RoomMember, user_id.as_str())?
+                else {
+                    return Ok(Arc::from(""));
+                };
+                let mut cache = self.names.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.member_keys.len() >= NAME_CACHE_ENTRIES {
+                    cache.member_keys.clear();
+                }
+                cache.member_keys.insert(user_id.to_owned(), k);
+                k
+            }
+        };
+        let Some(&event) = state.get(&key) else {
+            return Ok(Arc::from(""));
+        };
+        if let Some(name) = self
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names
+            .get(&event)
+        {
+            return Ok(Arc::clone(name));
+        }
+        let name: Arc<str> = rooms
+            .get_pdu(&rooms.get_eventid(event)?)?
+            .and_then(|m| m.content_field("displayname"))
+            .and_then(|n| n.as_str().map(Arc::from))
+            .unwrap_or_else(|| Arc::from(""));
+        let mut cache = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.names.len() >= NAME_CACHE_ENTRIES {
+            cache.names.clear();
+        }
+        cache.names.insert(event, Arc::clone(&name));
+        Ok(name)
+    }
+}
 
 pub(super) struct PowerCache {
     event: Option<u64>,
@@ -39,7 +101,7 @@ pub struct Outcome {
     pub actions: Vec<Action>,
     pub highlight: bool,
     /// `(app_id, pushkey)` of the user's pushers, each queued a push.
-    pub pushers: Vec<(String, String)>,
+    pub pushers: Arc<[(String, String)]>,
 }
 
 /// One notification as `GET /notifications` and the pushers read it.
@@ -123,28 +185,41 @@ impl Push {
         let raw: Raw<()> = pdu.to_raw(None);
         let flat = FlattenedJson::from_raw(&raw);
         let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
-        let power = self.power_ctx(rooms, &pdu.room_id, state)?;
+        // One context for the event; only the user and their display name change per member.
+        let mut ctx = PushConditionRoomCtx::new(
+            pdu.room_id.clone(),
+            member_count,
+            pdu.sender.clone(),
+            String::new(),
+        );
+        if let Some(power) = self.power_ctx(rooms, &pdu.room_id, state)? {
+            ctx = ctx.with_power_levels(power);
+        }
+        let mut memo = Memo::default();
         let mut out = Vec::new();
         for user_id in users {
-            let rules = self.ruleset(&user_id)?;
-            let display_name = rooms
-                .state_get(state, &StateEventType::RoomMember, user_id.as_str())?
-                .and_then(|m| m.content_field("displayname"))
-                .and_then(|n| n.as_str().map(ToOwned::to_owned))
-                .unwrap_or_default();
-            let mut ctx = PushConditionRoomCtx::new(
-                pdu.room_id.clone(),
-                member_count,
-                user_id.clone(),
-                display_name,
-            );
-            if let Some(power) = &power {
-                ctx = ctx.with_power_levels(power.clone());
-            }
+            let compiled = self.compiled(&user_id)?;
+            ctx.user_id = user_id;
+            let mut named = false;
             let mut actions = None;
-            for rule in rules.iter() {
-                if ready(rule.applies(&flat, &ctx)).unwrap_or(false) {
-                    actions = Some(rule.actions().to_vec());
+            for (rule, key) in compiled.rules.iter().zip(&compiled.keys) {
+                let applies = match key.and_then(|k| memo.get(&k).copied()) {
+                    Some(known) => known,
+                    None => {
+                        if key.is_none() && !named {
+                            ctx.user_display_name =
+                                self.display_name(rooms, state, &ctx.user_id)?.to_string();
+                            named = true;
+                        }
+                        let applies = ready(rule.applies(&flat, &ctx)).unwrap_or(false);
+                        if let Some(k) = key {
+                            memo.insert(*k, applies);
+                        }
+                        applies
+                    }
+                };
+                if applies {
+                    actions = Some(rule.actions());
                     break;
                 }
             }
@@ -153,10 +228,10 @@ impl Push {
                 continue;
             }
             let highlight = actions.iter().any(Action::is_highlight);
-            let pushers = self.pusher_ids(&user_id);
+            let pushers = self.pusher_ids(&ctx.user_id);
             out.push(Outcome {
-                user_id,
-                actions,
+                user_id: ctx.user_id.clone(),
+                actions: actions.to_vec(),
                 highlight,
                 pushers,
             });
@@ -236,7 +311,7 @@ impl Push {
                     highlight: outcome.highlight,
                 })?,
             );
-            for (app_id, pushkey) in &outcome.pushers {
+            for (app_id, pushkey) in outcome.pushers.iter() {
                 let mut k = count.to_be_bytes().to_vec();
                 k.push(key::SEP);
                 k.extend_from_slice(&key::key(&[user, app_id.as_bytes(), pushkey.as_bytes()]));

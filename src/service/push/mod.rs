@@ -20,6 +20,7 @@ use crate::{
 
 pub mod address;
 pub mod counts;
+mod memo;
 pub mod pushers;
 pub mod sender;
 
@@ -44,9 +45,14 @@ pub struct Push {
     /// user 0xFF count -> the notification, for `GET /notifications`
     notification_stream: Table,
     /// Each user's merged ruleset, with the account data position it was built from.
-    rulesets: Mutex<HashMap<OwnedUserId, (u64, Arc<Ruleset>)>>,
+    rulesets: Mutex<HashMap<OwnedUserId, (u64, Arc<memo::Compiled>)>>,
     /// Per room: the power-levels context, keyed by the power-levels event it came from.
     power: Mutex<HashMap<OwnedRoomId, counts::PowerCache>>,
+    /// Members' display names for the display-name rule, by what never changes: a user's
+    /// member state key, and a member event's name.
+    names: Mutex<counts::NameCache>,
+    /// Each user's pusher ids, for the append path (`pushers.rs`).
+    pusher_cache: Mutex<pushers::PusherCache>,
 }
 
 impl Push {
@@ -76,6 +82,8 @@ impl Push {
             notification_stream: db.table("notification_stream"),
             rulesets: Mutex::default(),
             power: Mutex::default(),
+            names: Mutex::default(),
+            pusher_cache: Mutex::default(),
         })
     }
 
@@ -86,28 +94,34 @@ impl Push {
 
     /// The user's ruleset: the server defaults with the user's changes and rules merged in.
     pub fn ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        Ok(Arc::clone(&self.compiled(user_id)?.rules))
+    }
+
+    /// The ruleset with the keys that let members share rule outcomes (`memo.rs`).
+    fn compiled(&self, user_id: &UserId) -> Result<Arc<memo::Compiled>> {
         let stored = self.account_data.get_versioned(user_id, None, PUSH_RULES)?;
         let version = stored.as_ref().map_or(0, |(c, _)| *c);
-        if let Some((v, rules)) = self
+        if let Some((v, compiled)) = self
             .rulesets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(user_id)
             && *v == version
         {
-            return Ok(Arc::clone(rules));
+            return Ok(Arc::clone(compiled));
         }
         let stored = stored.and_then(|(_, raw)| serde_json::from_str::<Value>(raw.get()).ok());
         let rules = Arc::new(merge(
             default_ruleset(user_id)?,
             stored.as_ref().map(|s| &s["global"]),
         )?);
+        let compiled = Arc::new(memo::Compiled::new(rules));
         let mut cache = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 4096 {
             cache.clear();
         }
-        cache.insert(user_id.to_owned(), (version, Arc::clone(&rules)));
-        Ok(rules)
+        cache.insert(user_id.to_owned(), (version, Arc::clone(&compiled)));
+        Ok(compiled)
     }
 
     /// Changes the user's rules with `f` and stores the result (one account data write).

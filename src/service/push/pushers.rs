@@ -2,6 +2,8 @@
 //! app id and pushkey; `append: false` takes the pushkey over from every other user, as
 //! the spec says (a device changes hands).
 
+use std::{collections::HashMap, sync::Arc};
+
 use ruma::{OwnedUserId, UserId, api::client::push::Pusher};
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +78,9 @@ impl Push {
                 b.delete(&self.pushers, other);
             }
             b.put(&self.pushers, &k, &value);
-        })
+        })?;
+        self.pushers_changed();
+        Ok(())
     }
 
     /// Removes the pushers a device set (the device logged out or was deleted).
@@ -97,11 +101,15 @@ impl Push {
             for k in &keys {
                 b.delete(&self.pushers, k);
             }
-        })
+        })?;
+        self.pushers_changed();
+        Ok(())
     }
 
     pub fn remove_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
-        self.pushers.delete(pusher_key(user_id, app_id, pushkey))
+        self.pushers.delete(pusher_key(user_id, app_id, pushkey))?;
+        self.pushers_changed();
+        Ok(())
     }
 
     /// How many pushes wait to be sent (or retried).
@@ -109,9 +117,18 @@ impl Push {
         self.push_queue.iter().count()
     }
 
-    /// `(app_id, pushkey)` of each of the user's pushers, for the append path.
-    pub(super) fn pusher_ids(&self, user_id: &UserId) -> Vec<(String, String)> {
-        self.pushers
+    /// `(app_id, pushkey)` of each of the user's pushers, for the append path: asked for
+    /// every notified member of every event, so kept in memory until a pusher changes.
+    pub(super) fn pusher_ids(&self, user_id: &UserId) -> Arc<[(String, String)]> {
+        let generation = {
+            let cache = self.pusher_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(ids) = cache.users.get(user_id) {
+                return Arc::clone(ids);
+            }
+            cache.generation
+        };
+        let ids: Arc<[(String, String)]> = self
+            .pushers
             .scan_prefix(key::prefix(&[user_id.as_bytes()]))
             .filter_map(|(k, _)| {
                 let mut parts = key::parts(&k).skip(1);
@@ -119,8 +136,30 @@ impl Push {
                 let pushkey = String::from_utf8(parts.next()?.to_vec()).ok()?;
                 Some((app, pushkey))
             })
-            .collect()
+            .collect();
+        let mut cache = self.pusher_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // A pusher written while this scan ran may be missing from it: keep it uncached.
+        if cache.generation == generation {
+            if cache.users.len() >= 65_536 {
+                cache.users.clear();
+            }
+            cache.users.insert(user_id.to_owned(), Arc::clone(&ids));
+        }
+        ids
     }
+
+    /// Called after every pusher write (rare), once it is committed.
+    fn pushers_changed(&self) {
+        let mut cache = self.pusher_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.generation += 1;
+        cache.users.clear();
+    }
+}
+
+#[derive(Default)]
+pub(super) struct PusherCache {
+    generation: u64,
+    users: HashMap<OwnedUserId, Arc<[(String, String)]>>,
 }
 
 /// Who a queued push is for.

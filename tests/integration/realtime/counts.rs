@@ -198,3 +198,50 @@ async fn notifications_list_pages_and_filters_highlights() {
         .await;
     assert_eq!(status, 400);
 }
+
+/// Members decide shared rules once per event (`push/memo.rs`); a member whose copy of a
+/// rule differs (disabled, other actions, own rules) must still get their own outcome,
+/// in whichever order the members are evaluated.
+#[tokio::test]
+async fn members_with_different_rules_get_their_own_outcomes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let dave = server.register("dave").await;
+    let erin = server.register("erin").await;
+    let room = shared_room(&server, &alice, &[&bob, &carol, &dave, &erin]).await;
+    // bob: messages do not notify; carol: default; dave: messages highlight;
+    // erin: her own content rule on "deploy" highlights.
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/underride/.m.rule.message/enabled",
+            &bob.token,
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/underride/.m.rule.message/actions",
+            &dave.token,
+            json!({ "actions": ["notify", { "set_tweak": "highlight" }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/content/deploys",
+            &erin.token,
+            json!({ "pattern": "deploy", "actions": ["notify", { "set_tweak": "highlight" }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    server.send_text(&alice, &room, "lunch?").await;
+    server.send_text(&alice, &room, "deploy at noon").await;
+    assert_eq!(pair(&counts(&server, &bob, &room, "").await), (0, 0));
+    assert_eq!(pair(&counts(&server, &carol, &room, "").await), (2, 0));
+    assert_eq!(pair(&counts(&server, &dave, &room, "").await), (2, 2));
+    assert_eq!(pair(&counts(&server, &erin, &room, "").await), (2, 1));
+}

@@ -271,3 +271,46 @@ async fn logging_a_device_out_removes_its_pushers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(pushkeys(&server, &laptop).await, ["laptop-key"]);
 }
+
+/// The append path keeps each member's pushers in memory; a pusher set or removed after
+/// the member was already evaluated for earlier messages must count from the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_set_or_removed_later_applies_to_the_next_message() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gateway = gateway_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), tx, &[]).await;
+    let server = TestServer::start_with(|c| {
+        c.push_gateway_allowed_ranges = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = shared_room(&server, &alice, &[&bob]).await;
+    server.send_text(&alice, &room, "before any pusher").await;
+
+    let (status, body) =
+        set_pusher(&server, &bob, http_pusher("later", &gateway.url(), None)).await;
+    assert_eq!(status, 200, "{body}");
+    let event = server.send_text(&alice, &room, "after the pusher").await;
+    let n = next_notification(&mut rx, "a push through the new pusher").await;
+    assert_eq!(n["event_id"], event);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.services().push.queued_pushes() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivered push stays queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let (status, body) = set_pusher(
+        &server,
+        &bob,
+        json!({ "kind": null, "app_id": "org.example.app", "pushkey": "later" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    server.send_text(&alice, &room, "after the removal").await;
+    // Nothing is queued for the removed pusher (the queue is written with the event).
+    assert_eq!(server.services().push.queued_pushes(), 0);
+    gateway.stop().await;
+}
