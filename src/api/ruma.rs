@@ -111,7 +111,7 @@ fn access_token(request: &http::request::Parts) -> Option<String> {
     form_urlencoded_get(query, "access_token")
 }
 
-fn form_urlencoded_get(query: &str, name: &str) -> Option<String> {
+pub(crate) fn form_urlencoded_get(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == name).then(|| percent_decode(v))
@@ -138,6 +138,31 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The caller of an endpoint that reads its own body (uploads stream it, so they cannot
+/// use [`Ruma`]): the access token's owner, with the same checks and rate limit.
+pub(crate) fn authenticate(
+    services: &Services,
+    parts: &http::request::Parts,
+    rate_limited: bool,
+) -> Result<(OwnedUserId, OwnedDeviceId)> {
+    let client_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    let token = access_token(parts).ok_or_else(|| Error::missing_token("Missing access token"))?;
+    match services.users.find_token(&token)? {
+        TokenLookup::Valid(user, device) => {
+            services.users.touch_device(&user, &device, client_ip)?;
+            if rate_limited {
+                services.ratelimit.check(user.as_str())?;
+            }
+            Ok((user, device))
+        }
+        TokenLookup::Expired => Err(Error::unknown_token(true)),
+        TokenLookup::Unknown => Err(Error::unknown_token(false)),
+    }
 }
 
 /// Whether the body has an `"auth"` key anywhere: only then is the tree worth building.
