@@ -81,6 +81,7 @@ pub fn build(services: Arc<Services>) -> Router {
     let router = super::client::routes(Router::new());
     let router = super::server::routes(router);
     let router = super::federation::routes(router);
+    let router = super::admin::routes(router);
     router
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
