@@ -277,7 +277,13 @@ where
         // the same); federation paths contain `/send/`, `/invite` and `/join` too.
         let server_server = parts.uri.path().starts_with("/_matrix/federation/")
             || parts.uri.path().starts_with("/_matrix/key/");
-        if !server_server && (T::RATE_LIMITED || rate_limited_path(parts.uri.path())) {
+        // Media reads are not counted per request: a client opening a room fetches dozens
+        // of thumbnails at once (Synapse limits them by bytes, and only remote ones).
+        let media_read = parts.method == http::Method::GET
+            && (parts.uri.path().contains("/media/download/")
+                || parts.uri.path().contains("/media/thumbnail/"));
+        if !server_server && !media_read && (T::RATE_LIMITED || rate_limited_path(parts.uri.path()))
+        {
             let key = sender_user
                 .as_ref()
                 .map(ToString::to_string)

@@ -89,6 +89,10 @@ pub struct Media {
     /// Serialises the check-and-write of a media id's metadata, so two uploads to one
     /// reserved id cannot both succeed.
     write_lock: Mutex<()>,
+    /// Storing a blob and recording its first user (shared) against finding a blob
+    /// unused and deleting it (exclusive): otherwise an upload that found the blob
+    /// present could record it just after a delete removed it.
+    blob_lock: tokio::sync::RwLock<()>,
 }
 
 pub fn media_dir(config: &Config) -> PathBuf {
@@ -138,6 +142,7 @@ impl Media {
             max_pending: config.media.max_pending_uploads,
             uploaded: tokio::sync::watch::channel(0).0,
             write_lock: Mutex::new(()),
+            blob_lock: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -286,6 +291,7 @@ impl Media {
         sha256: String,
         size: u64,
     ) -> Result<String> {
+        let _blobs = self.blob_lock.read().await;
         // The blob first: metadata never names bytes that are not stored.
         self.storage.store(&sha256, temp, size).await?;
         let media_id = reserved.map_or_else(|| random_string(24), ToOwned::to_owned);
@@ -429,6 +435,7 @@ impl Media {
         let (temp, sha256, size) = self
             .receive(futures::stream::iter([Ok::<_, Error>(Bytes::from(bytes))]))
             .await?;
+        let _blobs = self.blob_lock.read().await;
         let stored = self.storage.store(&sha256, &temp, size).await;
         let _ = tokio::fs::remove_file(&temp).await;
         stored?;
@@ -461,6 +468,7 @@ impl Media {
 
     /// Deletes a media item with its thumbnails; blobs nobody else uses go too.
     pub async fn delete(&self, server: &ServerName, media_id: &str) -> Result<()> {
+        let _blobs = self.blob_lock.write().await;
         let orphans = {
             let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
             let meta = self
@@ -534,6 +542,7 @@ impl Media {
         E: std::fmt::Display,
     {
         let (temp, sha256, size) = self.receive(body).await?;
+        let _blobs = self.blob_lock.read().await;
         let stored = self.storage.store(&sha256, &temp, size).await;
         let _ = tokio::fs::remove_file(&temp).await;
         stored?;

@@ -295,3 +295,45 @@ async fn identical_uploads_share_one_file() {
     );
     assert!(got.body == bytes);
 }
+
+#[tokio::test]
+async fn large_uploads_stream_past_axums_default_body_limit() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bytes = noise(5 * 1024 * 1024 + 17, 21);
+    let (reply, mxc) = upload(&server, &alice.token, bytes.clone(), "video/webm", None).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json());
+    let got = get(&server, &format!("{V1}/download/{mxc}"), Some(&alice.token)).await;
+    assert!(got.body == bytes);
+}
+
+#[tokio::test]
+async fn downloads_and_thumbnails_are_not_rate_limited_per_request() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.burst = 2;
+        c.rate_limits.per_second = 0.01;
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let (reply, mxc) = upload(&server, &alice.token, png(20, 20), "image/png", None).await;
+    assert_eq!(reply.status, 200);
+    for _ in 0..6 {
+        let got = get(&server, &format!("{V1}/download/{mxc}"), Some(&alice.token)).await;
+        assert_eq!(got.status, 200);
+        let got = get(
+            &server,
+            &format!("{V1}/thumbnail/{mxc}?width=8&height=8"),
+            Some(&alice.token),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+    }
+    // Uploads are limited (the spec marks them so).
+    let mut limited = false;
+    for _ in 0..6 {
+        let (reply, _) = upload(&server, &alice.token, b"x".to_vec(), "text/plain", None).await;
+        limited |= reply.status == 429;
+    }
+    assert!(limited, "uploads count against the rate limit");
+}
