@@ -419,6 +419,24 @@ impl Media {
         if let Some(meta) = self.thumbnails.get_json::<ThumbnailMeta>(&thumb_key)? {
             return Ok(Some(meta));
         }
+        // Refuse what is no image from its first bytes, before reading all of it.
+        let mut head = Vec::new();
+        if content.size > 0 {
+            let mut stream = self
+                .storage
+                .read(&content.sha256, Some((0, content.size.min(64))))
+                .await?;
+            while let Some(chunk) = stream.next().await {
+                head.extend_from_slice(&chunk.map_err(Error::internal)?);
+            }
+        }
+        if thumbnail::supported_format(&head).is_none() {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "The media is not an image the server can thumbnail",
+            ));
+        }
         let original = self.read_all(&content.sha256).await?;
         let generated = tokio::task::spawn_blocking(move || {
             thumbnail::generate(&original, width, height, method)

@@ -197,6 +197,7 @@ async fn hostile_and_non_image_media_fail_cleanly() {
             "M_UNKNOWN",
         ),
         ("video", noise(4096, 5), "image/png", 400, "M_UNKNOWN"),
+        ("empty", Vec::new(), "image/png", 400, "M_UNKNOWN"),
     ];
     for (what, bytes, content_type, status, errcode) in cases {
         let (reply, mxc) = upload(&server, &alice.token, bytes.clone(), content_type, None).await;
