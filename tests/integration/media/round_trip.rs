@@ -337,3 +337,46 @@ async fn downloads_and_thumbnails_are_not_rate_limited_per_request() {
     }
     assert!(limited, "uploads count against the rate limit");
 }
+
+#[tokio::test]
+async fn media_survives_a_restart() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bytes = jpeg(50, 40);
+    let (_, mxc) = upload(
+        &server,
+        &alice.token,
+        bytes.clone(),
+        "image/jpeg",
+        Some("p.jpg"),
+    )
+    .await;
+    let thumb = get(
+        &server,
+        &format!("{V1}/thumbnail/{mxc}?width=10&height=10&method=crop"),
+        Some(&alice.token),
+    )
+    .await;
+    assert_eq!(thumb.status, 200);
+    let files = blob_files(&media_dir(&server)).len();
+    let server = server.restart().await;
+    let got = get(&server, &format!("{V1}/download/{mxc}"), Some(&alice.token)).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body == bytes);
+    assert_eq!(
+        got.header("content-disposition"),
+        "inline; filename=\"p.jpg\""
+    );
+    let again = get(
+        &server,
+        &format!("{V1}/thumbnail/{mxc}?width=10&height=10&method=crop"),
+        Some(&alice.token),
+    )
+    .await;
+    assert!(again.body == thumb.body);
+    assert_eq!(
+        blob_files(&media_dir(&server)).len(),
+        files,
+        "the stored thumbnail is reused"
+    );
+}
