@@ -95,6 +95,90 @@ pub struct Config {
     /// private, link-local or otherwise internal; by default only public addresses are.
     #[serde(default)]
     pub push_gateway_allowed_ranges: Vec<crate::service::push::address::IpRange>,
+    /// Serve the unauthenticated `/_matrix/media/v3/download|thumbnail|config` endpoints
+    /// beside the authenticated `/_matrix/client/v1/media/...` ones (conduwuit's key).
+    #[serde(default = "default_true")]
+    pub allow_legacy_media: bool,
+    /// `[global.media]`: where uploads are stored and how long things are kept.
+    #[serde(default)]
+    pub media: MediaConfig,
+}
+
+/// `[global.media]`. The upload size limit is `max_request_size`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// `filesystem` (files under `path`) or `s3` (objects in `[global.media.s3]`).
+    #[serde(default)]
+    pub backend: MediaBackend,
+    /// Directory of the filesystem backend and of temporary upload files (both backends);
+    /// default `<database_path>/media`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Media ids reserved with `POST /_matrix/media/v1/create` and not uploaded to expire
+    /// after this many seconds (Synapse: 24 hours).
+    #[serde(default = "default_unused_expiration_s")]
+    pub unused_expiration_s: u64,
+    /// Reserved, not yet uploaded media ids a user may hold at once (Synapse: 5).
+    #[serde(default = "default_max_pending_uploads")]
+    pub max_pending_uploads: usize,
+    /// Cached media of other servers is deleted this many seconds after it was fetched;
+    /// unset: kept forever.
+    #[serde(default)]
+    pub remote_max_age_s: Option<u64>,
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            backend: MediaBackend::default(),
+            path: None,
+            unused_expiration_s: default_unused_expiration_s(),
+            max_pending_uploads: default_max_pending_uploads(),
+            remote_max_age_s: None,
+            s3: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaBackend {
+    #[default]
+    Filesystem,
+    S3,
+}
+
+/// `[global.media.s3]`: an S3-compatible bucket.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `https://s3.eu-west-1.amazonaws.com` or `http://127.0.0.1:9000`.
+    pub endpoint: url::Url,
+    pub bucket: String,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// `endpoint/bucket/key` instead of `bucket.endpoint/key` (MinIO, most self-hosted
+    /// servers).
+    #[serde(default)]
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// The secret stays out of logs and debug output.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[global.tls]`: certificate and key in PEM files (Conduit's key names).
@@ -185,6 +269,15 @@ fn default_presence_idle_timeout_s() -> u64 {
 }
 fn default_presence_offline_timeout_s() -> u64 {
     30 * 60
+}
+fn default_unused_expiration_s() -> u64 {
+    24 * 60 * 60
+}
+fn default_max_pending_uploads() -> usize {
+    5
+}
+fn default_s3_region() -> String {
+    "us-east-1".to_owned()
 }
 fn default_per_second() -> f64 {
     10.0

@@ -31,6 +31,9 @@ enum UserAction {
         localpart: String,
         #[arg(long)]
         password: Option<String>,
+        /// Make the user a server admin (may use the `/_synapse/admin` API).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -71,8 +74,9 @@ fn main() -> std::process::ExitCode {
                     UserAction::Create {
                         localpart,
                         password,
+                        admin,
                     },
-            }) => create_user(config, &localpart, password).await,
+            }) => create_user(config, &localpart, password, admin).await,
         }
     });
     match result {
@@ -114,6 +118,7 @@ async fn create_user(
     config: Config,
     localpart: &str,
     password: Option<String>,
+    admin: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let services = Services::build(config)?;
     let user_id = ruma::UserId::parse_with_server_name(
@@ -128,7 +133,11 @@ async fn create_user(
         .users
         .create(&user_id, Some(password.clone()))
         .await?;
+    if admin {
+        services.users.update(&user_id, |u| u.admin = true)?;
+    }
     services.db.flush()?;
-    println!("created {user_id} with password {password}");
+    let role = if admin { " (server admin)" } else { "" };
+    println!("created {user_id}{role} with password {password}");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! HTTP handlers: thin, one file per spec area.
 
+pub mod admin;
 pub mod client;
 pub mod federation;
 pub mod router;

@@ -65,7 +65,7 @@ where
 /// ruma's paths, plus the forms clients use for an empty state key: `.../state/{type}` and
 /// `.../state/{type}/` (axum matches no empty segment). The extractor pads missing
 /// trailing path arguments with empty strings.
-fn all_paths<Req: IncomingRequest>() -> Vec<String> {
+pub(crate) fn all_paths<Req: IncomingRequest>() -> Vec<String> {
     let mut paths = Vec::new();
     for path in Req::PATH_BUILDER.all_paths() {
         paths.push(path.to_owned());
@@ -81,6 +81,7 @@ pub fn build(services: Arc<Services>) -> Router {
     let router = super::client::routes(Router::new());
     let router = super::server::routes(router);
     let router = super::federation::routes(router);
+    let router = super::admin::routes(router);
     router
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)

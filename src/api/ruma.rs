@@ -111,7 +111,7 @@ fn access_token(request: &http::request::Parts) -> Option<String> {
     form_urlencoded_get(query, "access_token")
 }
 
-fn form_urlencoded_get(query: &str, name: &str) -> Option<String> {
+pub(crate) fn form_urlencoded_get(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == name).then(|| percent_decode(v))
@@ -138,6 +138,31 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The caller of an endpoint that reads its own body (uploads stream it, so they cannot
+/// use [`Ruma`]): the access token's owner, with the same checks and rate limit.
+pub(crate) fn authenticate(
+    services: &Services,
+    parts: &http::request::Parts,
+    rate_limited: bool,
+) -> Result<(OwnedUserId, OwnedDeviceId)> {
+    let client_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    let token = access_token(parts).ok_or_else(|| Error::missing_token("Missing access token"))?;
+    match services.users.find_token(&token)? {
+        TokenLookup::Valid(user, device) => {
+            services.users.touch_device(&user, &device, client_ip)?;
+            if rate_limited {
+                services.ratelimit.check(user.as_str())?;
+            }
+            Ok((user, device))
+        }
+        TokenLookup::Expired => Err(Error::unknown_token(true)),
+        TokenLookup::Unknown => Err(Error::unknown_token(false)),
+    }
 }
 
 /// Whether the body has an `"auth"` key anywhere: only then is the tree worth building.
@@ -252,7 +277,13 @@ where
         // the same); federation paths contain `/send/`, `/invite` and `/join` too.
         let server_server = parts.uri.path().starts_with("/_matrix/federation/")
             || parts.uri.path().starts_with("/_matrix/key/");
-        if !server_server && (T::RATE_LIMITED || rate_limited_path(parts.uri.path())) {
+        // Media reads are not counted per request: a client opening a room fetches dozens
+        // of thumbnails at once (Synapse limits them by bytes, and only remote ones).
+        let media_read = parts.method == http::Method::GET
+            && (parts.uri.path().contains("/media/download/")
+                || parts.uri.path().contains("/media/thumbnail/"));
+        if !server_server && !media_read && (T::RATE_LIMITED || rate_limited_path(parts.uri.path()))
+        {
             let key = sender_user
                 .as_ref()
                 .map(ToString::to_string)

@@ -85,6 +85,11 @@ pub const TABLES: &[&str] = &[
     "e2ee_to_device_txns",
     "e2ee_backup_versions",
     "e2ee_backup_keys",
+    // media: metadata, thumbnails, blob users, reserved ids (service/media)
+    "media",
+    "media_thumbnails",
+    "media_blob_refs",
+    "media_pending",
 ];
 
 pub struct Database {

@@ -10,6 +10,7 @@ pub mod deadlines;
 pub mod e2ee;
 pub mod federation;
 pub mod globals;
+pub mod media;
 pub mod notifier;
 pub mod presence;
 pub mod push;
@@ -37,6 +38,7 @@ pub struct Services {
     pub typing: typing::Typing,
     pub presence: presence::PresenceService,
     pub receipts: receipts::Receipts,
+    pub media: media::Media,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -70,6 +72,7 @@ impl Services {
             typing: typing::Typing::new(&db),
             presence: presence::PresenceService::new(&db, &config),
             receipts: receipts::Receipts::new(&db),
+            media: media::Media::new(&db, &config)?,
             federation,
             sending,
             db,
@@ -96,6 +99,7 @@ impl Services {
             tokio::spawn(typing::run_timers(Arc::clone(self))),
             tokio::spawn(presence::run_timers(Arc::clone(self))),
             tokio::spawn(push::sender::run(Arc::clone(self))),
+            tokio::spawn(media::run_sweeper(Arc::clone(self))),
         ]
     }
 

@@ -26,6 +26,9 @@ pub struct UserRecord {
     pub deactivated: bool,
     #[serde(default)]
     pub created_ts: u64,
+    /// A server admin: may use the admin API (`conduit user create --admin`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -117,6 +120,12 @@ impl Users {
 
     pub fn exists(&self, user_id: &UserId) -> Result<bool> {
         self.users.contains(user_id.as_bytes())
+    }
+
+    pub fn is_admin(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self
+            .get(user_id)?
+            .is_some_and(|u| u.admin && !u.deactivated))
     }
 
     pub fn is_active(&self, user_id: &UserId) -> Result<bool> {

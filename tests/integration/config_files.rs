@@ -89,6 +89,17 @@ fn every_key_is_in_the_example_and_the_docs() {
     let tls = expected_fields(Figment::from(Serialized::defaults(serde_json::json!({
         "tls": { "certs": "c", "key": "k", "no_such_key": 1 }
     }))));
+    let media = expected_fields(Figment::from(Serialized::defaults(serde_json::json!({
+        "media": { "no_such_key": 1 }
+    }))));
+    let s3 = expected_fields(Figment::from(Serialized::defaults(serde_json::json!({
+        "media": { "s3": {
+            "endpoint": "http://localhost", "bucket": "b", "access_key_id": "a",
+            "secret_access_key": "s", "no_such_key": 1
+        } }
+    }))));
+    assert!(media.contains(&"backend".to_owned()), "{media:?}");
+    assert!(s3.contains(&"path_style".to_owned()), "{s3:?}");
     assert!(top.contains(&"server_name".to_owned()), "{top:?}");
     assert!(nested.contains(&"per_second".to_owned()), "{nested:?}");
     assert!(tls.contains(&"dual_protocol".to_owned()), "{tls:?}");
@@ -106,7 +117,7 @@ fn every_key_is_in_the_example_and_the_docs() {
         })
     };
     for key in &top {
-        if key != "rate_limits" && key != "tls" {
+        if key != "rate_limits" && key != "tls" && key != "media" {
             assert!(in_example(key), "conduit.toml.example lacks `{key}`");
         }
         assert!(
@@ -122,6 +133,19 @@ fn every_key_is_in_the_example_and_the_docs() {
             docs.contains(&format!("| `tls.{key}` |")),
             "docs/configuration.md lacks a row for `tls.{key}`"
         );
+    }
+    assert!(example.contains("[global.media]"));
+    assert!(example.contains("#[global.media.s3]"));
+    for (table, keys) in [("media", &media), ("media.s3", &s3)] {
+        for key in keys {
+            if key != "s3" {
+                assert!(in_example(key), "conduit.toml.example lacks {table}.{key}");
+            }
+            assert!(
+                docs.contains(&format!("| `{table}.{key}` |")),
+                "docs/configuration.md lacks a row for `{table}.{key}`"
+            );
+        }
     }
     for key in &nested {
         assert!(

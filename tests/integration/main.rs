@@ -17,6 +17,7 @@ mod discovery;
 mod e2ee;
 mod errors;
 mod federation;
+mod media;
 mod messages;
 mod profile;
 mod realtime;

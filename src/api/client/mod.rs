@@ -10,6 +10,8 @@ pub mod directory;
 pub mod discovery;
 pub mod filter;
 pub mod keys;
+pub mod media;
+pub mod media_download;
 pub mod membership;
 pub mod message;
 pub mod notifications;
@@ -42,5 +44,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = keys::routes(router);
     let router = backup::routes(router);
     let router = to_device::routes(router);
+    let router = media::routes(router);
     sync::routes(router)
 }
