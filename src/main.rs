@@ -22,6 +22,17 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// The full-text search index (docs/search.md).
+    Search {
+        #[command(subcommand)]
+        action: SearchAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SearchAction {
+    /// Empty the index and index every stored event again; stop the server first.
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +84,9 @@ fn main() -> std::process::ExitCode {
                         password,
                     },
             }) => create_user(config, &localpart, password).await,
+            Some(Command::Search {
+                action: SearchAction::Rebuild,
+            }) => rebuild_search(config),
         }
     });
     match result {
@@ -130,5 +144,12 @@ async fn create_user(
         .await?;
     services.db.flush()?;
     println!("created {user_id} with password {password}");
+    Ok(())
+}
+
+fn rebuild_search(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let services = Services::build(config)?;
+    let indexed = services.search.rebuild(&services)?;
+    println!("search index rebuilt: {indexed} events indexed");
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;
+pub mod search;
 pub mod sending;
 pub mod typing;
 pub mod uiaa;
@@ -37,6 +38,7 @@ pub struct Services {
     pub typing: typing::Typing,
     pub presence: presence::PresenceService,
     pub receipts: receipts::Receipts,
+    pub search: search::Search,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -53,6 +55,7 @@ impl Services {
         )?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&notifier)));
         let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data), &config)?);
+        let search = search::Search::open(&search::Search::dir(&config.database_path))?;
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
             rooms: rooms::Rooms::new(
@@ -61,6 +64,7 @@ impl Services {
                 Arc::clone(&notifier),
                 Arc::clone(&sending),
                 Arc::clone(&push),
+                search.feed(),
             )?,
             account_data,
             push,
@@ -70,6 +74,7 @@ impl Services {
             typing: typing::Typing::new(&db),
             presence: presence::PresenceService::new(&db, &config),
             receipts: receipts::Receipts::new(&db),
+            search,
             federation,
             sending,
             db,
@@ -92,6 +97,7 @@ impl Services {
     /// The timers and queues that run beside the request handlers; each stops on the
     /// shutdown signal.
     pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.search.start(Arc::downgrade(self));
         vec![
             tokio::spawn(typing::run_timers(Arc::clone(self))),
             tokio::spawn(presence::run_timers(Arc::clone(self))),

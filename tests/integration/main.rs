@@ -22,5 +22,6 @@ mod profile;
 mod realtime;
 mod relations;
 mod rooms;
+mod search;
 mod state_res;
 mod sync;
