@@ -344,13 +344,18 @@ async fn pages_are_stable_while_messages_arrive() {
         let mut batch = first["next_batch"].as_str().map(ToOwned::to_owned);
         let mut n = 0;
         while let Some(token) = batch {
-            // A newer, better-matching message arrives between pages.
-            let newer = format!("{word} {word} {word} newer {n}");
-            server.send_text(&alice, &room, &newer).await;
-            search_until(&server, &alice, json!({ "search_term": newer }), |f| {
-                f.len() == 1
-            })
-            .await;
+            // Newer messages arrive between pages, matching better and worse than the
+            // results so far.
+            let better = format!("{word} {word} {word} better {n}");
+            let worse = format!("{word} worse {n} {}", "padding ".repeat(30));
+            server.send_text(&alice, &room, &better).await;
+            server.send_text(&alice, &room, &worse).await;
+            for term in [better, format!("{word} worse {n} ")] {
+                search_until(&server, &alice, json!({ "search_term": term }), |f| {
+                    f.len() == 1
+                })
+                .await;
+            }
             n += 1;
             let page = room_events_page(&server, &alice, criteria.clone(), Some(&token)).await;
             pages.extend(found(&page));
