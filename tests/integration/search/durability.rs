@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use super::{found, wait_for};
+use super::{found, search_until, wait_for};
 use crate::{
     common::{TestServer, enc},
     crash::{call, spawn},
@@ -52,20 +52,37 @@ async fn lost_index_is_rebuilt_on_start() {
 }
 
 /// A crash after events were stored but before the index committed them: the catch-up on
-/// start indexes what the index's payload says is missing.
+/// start indexes what the index's payload says is missing, and re-applies redactions made
+/// since.
 #[tokio::test]
 async fn index_catches_up_after_restart() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, json!({})).await;
     server.send_text(&alice, &room, "otter first").await;
-    wait_for(&server, &alice, "otter", 1).await;
+    let secret = server.send_text(&alice, &room, "otter secret").await;
+    wait_for(&server, &alice, "otter", 2).await;
     let index_dir = server.services().config().database_path.join("search");
     let saved = tempfile::tempdir().expect("temp dir");
     // Keep a copy of the index as committed now, then store more events.
     copy_dir(&index_dir, saved.path());
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&secret)
+            ),
+            &alice.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     server.send_text(&alice, &room, "otter second").await;
-    wait_for(&server, &alice, "otter", 2).await;
+    search_until(&server, &alice, json!({ "search_term": "otter" }), |f| {
+        f.len() == 2 && f.contains(&"otter second".to_owned())
+    })
+    .await;
     let server = server
         .restart_after(|| async {
             // Back to the older index, as if the last commits never happened.
@@ -73,8 +90,13 @@ async fn index_catches_up_after_restart() {
             copy_dir(saved.path(), &index_dir);
         })
         .await;
-    let answer = wait_for(&server, &alice, "otter", 2).await;
-    assert_eq!(found(&answer).len(), 2);
+    let answer = search_until(&server, &alice, json!({ "search_term": "otter" }), |f| {
+        f.contains(&"otter second".to_owned())
+    })
+    .await;
+    let mut got = found(&answer);
+    got.sort();
+    assert_eq!(got, ["otter first", "otter second"]);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
