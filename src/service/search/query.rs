@@ -71,6 +71,9 @@ pub struct Cursor {
     pub stats: Stats,
 }
 
+/// How the collector ranks a hit: (after the cursor, order key, position, short room, score).
+type SortKey = (bool, f32, u64, u64, f32);
+
 pub struct Hit {
     pub pos: u64,
     pub shortroomid: u64,
@@ -354,7 +357,7 @@ impl Search {
             searcher: &searcher,
             stats: Mutex::new(stats),
         };
-        let found: Vec<((bool, f32, u64, u64, f32), DocAddress)> = searcher
+        let found: Vec<(SortKey, DocAddress)> = searcher
             .search_with_statistics_provider(query.as_ref(), &collector, &recorder)
             .map_err(Error::internal)?;
         let exhausted = found.len() < limit.max(1) || found.iter().any(|(k, _)| !k.0);

@@ -6,6 +6,7 @@
 //! does (so the event is indexed and its absence means something).
 
 mod durability;
+mod federation;
 mod query;
 mod visibility;
 
