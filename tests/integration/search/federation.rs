@@ -19,6 +19,10 @@ async fn backfilled_history_is_searchable() {
         .await;
     a.send_text(&alice, &room, "an ancient quokka sighting")
         .await;
+    // Not the join's `prev_events`: only backfill brings it over.
+    for i in 0..3 {
+        a.send_text(&alice, &room, &format!("later {i}")).await;
+    }
     let alias = format!("#zoo:{}", a.server_name);
     let (status, body) = b
         .post(
