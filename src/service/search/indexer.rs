@@ -8,7 +8,8 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Weak,
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, RecvTimeoutError},
     },
     time::{Duration, Instant},
@@ -44,6 +45,12 @@ pub struct Indexer {
     floor: u64,
     dirty: bool,
     last_commit: Instant,
+    /// Set by [`super::Search::stop`]: a long catch-up gives up instead of holding up the
+    /// shutdown.
+    stopping: Arc<AtomicBool>,
+    /// A catch-up gave up: what was added since the last commit is dropped, not committed
+    /// (the payload would not cover it, and the next start redoes it).
+    abandoned: bool,
 }
 
 /// The searchable text of an event: `(key, text)`. Only plain messages, room names and
@@ -60,7 +67,12 @@ pub fn searchable_text(event: &Value) -> Option<(&'static str, &str)> {
 }
 
 impl Indexer {
-    pub fn new(index: &Index, reader: IndexReader, fields: Fields) -> Result<Self> {
+    pub fn new(
+        index: &Index,
+        reader: IndexReader,
+        fields: Fields,
+        stopping: Arc<AtomicBool>,
+    ) -> Result<Self> {
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY)
             .map_err(Error::internal)?;
@@ -78,6 +90,8 @@ impl Indexer {
             floor,
             dirty: false,
             last_commit: Instant::now(),
+            stopping,
+            abandoned: false,
         })
     }
 
@@ -100,6 +114,10 @@ impl Indexer {
         let from_live = self.live.max(STREAM_BASE) + 1;
         let mut indexed = 0;
         for short in services.rooms.short_room_ids() {
+            if self.stopping.load(Ordering::Relaxed) {
+                self.abandoned = true;
+                return Ok(indexed);
+            }
             if from_live <= committed {
                 for (count, json) in services.rooms.pdus_between(short, from_live, committed) {
                     indexed += usize::from(self.index_json(&services.rooms, short, count, &json));
@@ -205,7 +223,9 @@ impl Indexer {
 
     /// Commits and waits for the writer's merges, releasing the index's lock.
     pub fn finish(mut self) -> Result<()> {
-        self.commit();
+        if !self.abandoned {
+            self.commit();
+        }
         self.writer.wait_merging_threads().map_err(Error::internal)
     }
 
@@ -217,6 +237,11 @@ impl Indexer {
                 Ok(n) if n > 0 => tracing::info!(indexed = n, "search index caught up"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("search: catching up failed: {}", e.message),
+            }
+            if self.abandoned {
+                drop(s);
+                let _ = self.finish();
+                return;
             }
             self.commit();
         }
@@ -272,7 +297,7 @@ impl Indexer {
                 tracing::warn!("search: indexing backfilled events failed: {}", e.message);
             }
             drop(s);
-            if stop || gone {
+            if stop || gone || self.abandoned {
                 break;
             }
             if self.dirty && self.last_commit.elapsed() >= COMMIT_EVERY {

@@ -10,7 +10,8 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Mutex, Weak,
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, Sender, channel},
     },
     thread::JoinHandle,
@@ -60,6 +61,7 @@ pub struct Search {
     feed: Feed,
     rx: Mutex<Option<Receiver<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Search {
@@ -92,6 +94,7 @@ impl Search {
             feed: Feed(tx),
             rx: Mutex::new(Some(rx)),
             thread: Mutex::new(None),
+            stopping: Arc::default(),
         })
     }
 
@@ -113,7 +116,12 @@ impl Search {
         let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let indexer = match indexer::Indexer::new(&self.index, self.reader.clone(), self.fields) {
+        let indexer = match indexer::Indexer::new(
+            &self.index,
+            self.reader.clone(),
+            self.fields,
+            Arc::clone(&self.stopping),
+        ) {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!("search indexer cannot start; search stays as it is: {e}");
@@ -130,6 +138,7 @@ impl Search {
 
     /// Commits what is indexed and waits for the indexer to end (blocking).
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.feed.0.send(Msg::Stop);
         if let Some(handle) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = handle.join();
@@ -140,7 +149,12 @@ impl Search {
     /// `conduit search rebuild` command; the server must not be running). Returns how many
     /// events were indexed.
     pub fn rebuild(&self, services: &Services) -> Result<usize> {
-        let mut indexer = indexer::Indexer::new(&self.index, self.reader.clone(), self.fields)?;
+        let mut indexer = indexer::Indexer::new(
+            &self.index,
+            self.reader.clone(),
+            self.fields,
+            Arc::clone(&self.stopping),
+        )?;
         indexer.clear()?;
         let indexed = indexer.catch_up(services)?;
         indexer.finish()?;
