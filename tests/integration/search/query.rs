@@ -314,6 +314,50 @@ async fn context_and_profiles() {
         "{answer}"
     );
     assert!(context["start"].is_string() && context["end"].is_string());
+
+    let with_state = room_events(
+        &server,
+        &alice,
+        json!({ "search_term": "needle", "include_state": true }),
+    )
+    .await;
+    let types: Vec<&str> = with_state["state"][&room]
+        .as_array()
+        .expect("the room's state")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(types.contains(&"m.room.create"), "{with_state}");
+
+    // A next_batch of one order is refused for the other.
+    let page = room_events(
+        &server,
+        &alice,
+        json!({ "search_term": "needle here", "order_by": "recent", "filter": { "limit": 1 } }),
+    )
+    .await;
+    assert!(
+        page["next_batch"].is_null(),
+        "one result, no next page: {page}"
+    );
+    server.send_text(&alice, &room, "needle again").await;
+    wait_for(&server, &alice, "needle", 2).await;
+    let page = room_events(
+        &server,
+        &alice,
+        json!({ "search_term": "needle", "order_by": "recent", "filter": { "limit": 1 } }),
+    )
+    .await;
+    let token = page["next_batch"].as_str().expect("a next page");
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/search?next_batch={token}"),
+            &alice.token,
+            json!({ "search_categories": { "room_events": { "search_term": "needle", "order_by": "rank" } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(errcode(&body), Some("M_INVALID_PARAM"));
 }
 
 /// Pages of either order neither repeat nor skip results, and messages sent between
