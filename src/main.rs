@@ -22,6 +22,17 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// The full-text search index (docs/search.md).
+    Search {
+        #[command(subcommand)]
+        action: SearchAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SearchAction {
+    /// Empty the index and index every stored event again; stop the server first.
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +88,9 @@ fn main() -> std::process::ExitCode {
                         admin,
                     },
             }) => create_user(config, &localpart, password, admin).await,
+            Some(Command::Search {
+                action: SearchAction::Rebuild,
+            }) => rebuild_search(config),
         }
     });
     match result {
@@ -139,5 +153,12 @@ async fn create_user(
     services.db.flush()?;
     let role = if admin { " (server admin)" } else { "" };
     println!("created {user_id}{role} with password {password}");
+    Ok(())
+}
+
+fn rebuild_search(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let services = Services::build(config)?;
+    let indexed = services.search.rebuild(&services)?;
+    println!("search index rebuilt: {indexed} events indexed");
     Ok(())
 }

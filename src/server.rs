@@ -47,6 +47,9 @@ impl RunningServer {
         for task in self.background {
             let _ = task.await;
         }
+        // The indexer commits what it has and releases the index for the next start.
+        let services = Arc::clone(&self.services);
+        let _ = tokio::task::spawn_blocking(move || services.search.stop()).await;
         if let Err(e) = self.services.db.flush() {
             tracing::error!("flushing the database failed: {e}");
         }

@@ -17,6 +17,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;
+pub mod search;
 pub mod sending;
 pub mod typing;
 pub mod uiaa;
@@ -39,6 +40,7 @@ pub struct Services {
     pub presence: presence::PresenceService,
     pub receipts: receipts::Receipts,
     pub media: media::Media,
+    pub search: search::Search,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -55,6 +57,7 @@ impl Services {
         )?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&notifier)));
         let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data), &config)?);
+        let search = search::Search::open(&search::Search::dir(&config.database_path))?;
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
             rooms: rooms::Rooms::new(
@@ -63,6 +66,7 @@ impl Services {
                 Arc::clone(&notifier),
                 Arc::clone(&sending),
                 Arc::clone(&push),
+                search.feed(),
             )?,
             account_data,
             push,
@@ -73,6 +77,7 @@ impl Services {
             presence: presence::PresenceService::new(&db, &config),
             receipts: receipts::Receipts::new(&db),
             media: media::Media::new(&db, &config)?,
+            search,
             federation,
             sending,
             db,
@@ -95,6 +100,7 @@ impl Services {
     /// The timers and queues that run beside the request handlers; each stops on the
     /// shutdown signal.
     pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.search.start(Arc::downgrade(self));
         vec![
             tokio::spawn(typing::run_timers(Arc::clone(self))),
             tokio::spawn(presence::run_timers(Arc::clone(self))),

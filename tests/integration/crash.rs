@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use crate::common::enc;
 
-struct Binary {
-    child: Child,
-    base: String,
+pub struct Binary {
+    pub child: Child,
+    pub base: String,
 }
 
 fn free_port() -> u16 {
@@ -26,7 +26,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn spawn(db: &std::path::Path) -> Binary {
+pub async fn spawn(db: &std::path::Path) -> Binary {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_conduit"))
         .env("CONDUIT_CONFIG", db.join("none.toml"))
@@ -55,7 +55,7 @@ async fn spawn(db: &std::path::Path) -> Binary {
     Binary { child, base }
 }
 
-async fn call(
+pub async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
     url: String,

@@ -23,5 +23,6 @@ mod profile;
 mod realtime;
 mod relations;
 mod rooms;
+mod search;
 mod state_res;
 mod sync;

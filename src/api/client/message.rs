@@ -154,7 +154,11 @@ pub fn world_readable(services: &Services, room_id: &RoomId) -> Result<bool> {
 
 /// The room state a user may read: the current state while joined (or world-readable),
 /// the state when they left otherwise, nothing once they forgot the room.
-fn readable_state(services: &Services, user: &UserId, room_id: &RoomId) -> Result<Arc<StateMap>> {
+pub fn readable_state(
+    services: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+) -> Result<Arc<StateMap>> {
     match remembered_room(services, user, room_id)? {
         Some(r) if r.membership == MembershipState::Join => services.rooms.current_state(room_id),
         _ if world_readable(services, room_id)? => services.rooms.current_state(room_id),

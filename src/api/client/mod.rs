@@ -21,6 +21,7 @@ pub mod push;
 pub mod receipt;
 pub mod relations;
 pub mod room;
+pub mod search;
 pub mod sync;
 mod sync_realtime;
 pub mod to_device;
@@ -45,5 +46,6 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = backup::routes(router);
     let router = to_device::routes(router);
     let router = media::routes(router);
+    let router = search::routes(router);
     sync::routes(router)
 }

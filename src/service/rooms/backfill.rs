@@ -18,7 +18,7 @@ use crate::{
     service::federation::Federation,
 };
 
-const BACKFILL_COUNTER: &[u8] = b"backfill_counter";
+pub(super) const BACKFILL_COUNTER: &[u8] = b"backfill_counter";
 /// Events asked for per `/backfill` request (Synapse asks for 100 at most).
 const BACKFILL_LIMIT: u32 = 50;
 
@@ -141,6 +141,9 @@ impl Rooms {
         })?;
         for checked in &accepted {
             self.forget_cached(&checked.event_id);
+        }
+        if stored > 0 {
+            self.search_feed.backfilled();
         }
         Ok(stored)
     }

@@ -512,6 +512,8 @@ impl Rooms {
             let count = c.next_count();
             let pduid = pair(shortroomid, count);
             c.put(&self.pdus, pduid, &json);
+            // Under the commit lock, so the indexer hears of events in position order.
+            self.search_feed.appended(shortroomid, count);
             c.put(&self.eventid_pduid, pdu.event_id.as_bytes(), pduid);
 
             let before = match state_hash {

@@ -11,7 +11,7 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use crate::{
     database::{Database, Table, key::to_u64},
     error::Result,
-    service::{globals::Globals, notifier::Notifier, push::Push, sending::Sending},
+    service::{globals::Globals, notifier::Notifier, push::Push, search, sending::Sending},
 };
 
 pub mod alias;
@@ -28,6 +28,7 @@ pub mod relations;
 pub mod remote;
 pub mod resident;
 pub mod resolve;
+pub mod search_source;
 pub mod server_access;
 pub mod short;
 pub mod state;
@@ -43,6 +44,8 @@ pub struct Rooms {
     pub(crate) sending: Arc<Sending>,
     /// Push rules run on every appended event (`builder.rs`).
     pub(crate) push: Arc<Push>,
+    /// Tells the search indexer about every stored event (`builder.rs`, `backfill.rs`).
+    pub(crate) search_feed: search::Feed,
     global: Table,
     roomid_shortroomid: Table,
     eventid_shorteventid: Table,
@@ -86,6 +89,7 @@ impl Rooms {
         notifier: Arc<Notifier>,
         sending: Arc<Sending>,
         push: Arc<Push>,
+        search_feed: search::Feed,
     ) -> Result<Self> {
         let global = db.table("global");
         let next_short = global
@@ -98,6 +102,7 @@ impl Rooms {
             notifier,
             sending,
             push,
+            search_feed,
             global,
             roomid_shortroomid: db.table("roomid_shortroomid"),
             eventid_shorteventid: db.table("eventid_shorteventid"),

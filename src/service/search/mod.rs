@@ -1,0 +1,174 @@
+//! Full-text search over room events (docs/search.md): a tantivy index in
+//! `<database_path>/search`, kept by one background thread.
+//!
+//! The append path only sends `(short room, position)` over a channel (inside the commit,
+//! so in stream order); the indexer reads the stored PDU, batches documents and commits at
+//! most every half second. The index may lag the database, never contradict it: each
+//! commit carries the positions it covers as its payload, and on start the indexer catches
+//! up from there.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, Sender, channel},
+    },
+    thread::JoinHandle,
+};
+
+use tantivy::{Index, IndexReader, ReloadPolicy, Searcher};
+
+use crate::{
+    error::{Error, Result},
+    service::Services,
+};
+
+pub mod indexer;
+pub mod query;
+pub mod schema;
+
+pub use schema::Fields;
+
+pub(crate) enum Msg {
+    /// An event was appended at this `(short room, position)`; sent under the commit lock,
+    /// so messages arrive in position order (possibly before the write is visible).
+    Appended { shortroomid: u64, count: u64 },
+    /// History was backfilled below `STREAM_BASE`.
+    Backfilled,
+    /// Commit and stop.
+    Stop,
+}
+
+/// The append path's handle to the indexer: sending never blocks.
+#[derive(Clone)]
+pub struct Feed(Sender<Msg>);
+
+impl Feed {
+    pub fn appended(&self, shortroomid: u64, count: u64) {
+        let _ = self.0.send(Msg::Appended { shortroomid, count });
+    }
+
+    pub fn backfilled(&self) {
+        let _ = self.0.send(Msg::Backfilled);
+    }
+}
+
+pub struct Search {
+    index: Index,
+    reader: IndexReader,
+    pub fields: Fields,
+    feed: Feed,
+    rx: Mutex<Option<Receiver<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Search {
+    /// Opens the index in `dir`, or starts an empty one there if it is missing or cannot be
+    /// read (the indexer then fills it from the database).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let (schema, fields) = schema::schema();
+        let index = match open_existing(dir, &schema) {
+            Some(index) => index,
+            None => {
+                if dir.exists() {
+                    tracing::warn!(dir = %dir.display(), "search index unreadable; rebuilding it");
+                    std::fs::remove_dir_all(dir).map_err(Error::internal)?;
+                }
+                std::fs::create_dir_all(dir).map_err(Error::internal)?;
+                Index::create_in_dir(dir, schema).map_err(Error::internal)?
+            }
+        };
+        schema::register_analyzers(&index);
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(Error::internal)?;
+        let (tx, rx) = channel();
+        Ok(Self {
+            index,
+            reader,
+            fields,
+            feed: Feed(tx),
+            rx: Mutex::new(Some(rx)),
+            thread: Mutex::new(None),
+            stopping: Arc::default(),
+        })
+    }
+
+    pub fn dir(database_path: &Path) -> PathBuf {
+        database_path.join("search")
+    }
+
+    pub fn feed(&self) -> Feed {
+        self.feed.clone()
+    }
+
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    /// Starts the indexer thread: it catches up with the database, then follows the feed.
+    /// It holds the services only weakly, so dropping them ends it.
+    pub fn start(&self, services: Weak<Services>) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let indexer = match indexer::Indexer::new(
+            &self.index,
+            self.reader.clone(),
+            self.fields,
+            Arc::clone(&self.stopping),
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!("search indexer cannot start; search stays as it is: {e}");
+                return;
+            }
+        };
+        let handle = std::thread::Builder::new()
+            .name("search-indexer".to_owned())
+            .spawn(move || indexer.run(services, rx))
+            .map_err(|e| tracing::error!("search indexer thread: {e}"))
+            .ok();
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+
+    /// Commits what is indexed and waits for the indexer to end (blocking).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let _ = self.feed.0.send(Msg::Stop);
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Empties the index and indexes the whole database again, in the foreground (the
+    /// `conduit search rebuild` command; the server must not be running). Returns how many
+    /// events were indexed.
+    pub fn rebuild(&self, services: &Services) -> Result<usize> {
+        let mut indexer = indexer::Indexer::new(
+            &self.index,
+            self.reader.clone(),
+            self.fields,
+            Arc::clone(&self.stopping),
+        )?;
+        indexer.clear()?;
+        let indexed = indexer.catch_up(services)?;
+        indexer.finish()?;
+        Ok(indexed)
+    }
+}
+
+fn open_existing(dir: &Path, schema: &tantivy::schema::Schema) -> Option<Index> {
+    if !dir.join("meta.json").exists() {
+        return None;
+    }
+    let index = Index::open_in_dir(dir)
+        .map_err(|e| tracing::warn!("search index: {e}"))
+        .ok()?;
+    // An index of another layout (an older version of this schema) is rebuilt.
+    (index.schema() == *schema).then_some(index)
+}
