@@ -246,7 +246,11 @@ impl Media {
     {
         let temp = self.temp_dir.join(random_string(20));
         let received = async {
-            let mut file = tokio::fs::File::create(&temp).await.map_err(temp_error)?;
+            // Buffered: each write of a tokio file is a trip to the blocking pool.
+            let mut file = tokio::io::BufWriter::with_capacity(
+                storage::CHUNK,
+                tokio::fs::File::create(&temp).await.map_err(temp_error)?,
+            );
             let mut hasher = Sha256::new();
             let mut size: u64 = 0;
             while let Some(chunk) = body.next().await {
@@ -267,7 +271,8 @@ impl Media {
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(temp_error)?;
             }
-            file.sync_all().await.map_err(temp_error)?;
+            file.flush().await.map_err(temp_error)?;
+            file.get_ref().sync_all().await.map_err(temp_error)?;
             Ok((hex(&hasher.finalize()), size))
         }
         .await;

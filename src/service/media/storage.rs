@@ -13,6 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error::{Error, Result};
 
+/// Read size for downloads: each read of a tokio file is a trip to the blocking pool, so
+/// the default 4 KiB made downloads several times slower than Synapse's (measured).
+pub const CHUNK: usize = 256 * 1024;
+
 /// Bytes of a blob, streamed.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
@@ -105,9 +109,9 @@ impl Storage for FsStorage {
                     file.seek(io::SeekFrom::Start(start))
                         .await
                         .map_err(io_error("seeking"))?;
-                    tokio_util::io::ReaderStream::new(file.take(end - start)).boxed()
+                    tokio_util::io::ReaderStream::with_capacity(file.take(end - start), CHUNK).boxed()
                 }
-                None => tokio_util::io::ReaderStream::new(file).boxed(),
+                None => tokio_util::io::ReaderStream::with_capacity(file, CHUNK).boxed(),
             };
             Ok(stream)
         })
