@@ -94,7 +94,7 @@ pub struct Config {
     /// Address ranges (CIDR) push gateways may be reached at although they are loopback,
     /// private, link-local or otherwise internal; by default only public addresses are.
     #[serde(default)]
-    pub push_gateway_allowed_ranges: Vec<crate::service::push::address::IpRange>,
+    pub push_gateway_allowed_ranges: Vec<crate::service::net_policy::IpRange>,
     /// Serve the unauthenticated `/_matrix/media/v3/download|thumbnail|config` endpoints
     /// beside the authenticated `/_matrix/client/v1/media/...` ones (conduwuit's key).
     #[serde(default = "default_true")]

@@ -11,6 +11,7 @@ pub mod e2ee;
 pub mod federation;
 pub mod globals;
 pub mod media;
+pub mod net_policy;
 pub mod notifier;
 pub mod presence;
 pub mod push;
