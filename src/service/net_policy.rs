@@ -171,7 +171,9 @@ impl Resolve for FilteringResolver {
                 .filter(|a| policy.allows(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(Box::new(NoAllowedAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(
+                    Box::new(NoAllowedAddress(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
