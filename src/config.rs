@@ -94,11 +94,33 @@ pub struct Config {
     /// Address ranges (CIDR) push gateways may be reached at although they are loopback,
     /// private, link-local or otherwise internal; by default only public addresses are.
     #[serde(default)]
-    pub push_gateway_allowed_ranges: Vec<crate::service::push::address::IpRange>,
+    pub push_gateway_allowed_ranges: Vec<crate::service::net_policy::IpRange>,
     /// Serve the unauthenticated `/_matrix/media/v3/download|thumbnail|config` endpoints
     /// beside the authenticated `/_matrix/client/v1/media/...` ones (conduwuit's key).
     #[serde(default = "default_true")]
     pub allow_legacy_media: bool,
+    /// Serve URL previews (`/preview_url`). Off, the endpoints answer as unknown ones, as
+    /// Synapse's do.
+    #[serde(default)]
+    pub url_preview_enabled: bool,
+    /// Domains that may be previewed: an entry matches the name and its subdomains, `*`
+    /// matches any.
+    #[serde(default = "default_url_preview_domain_allowlist")]
+    pub url_preview_domain_allowlist: Vec<String>,
+    /// Domains never previewed (and their subdomains); wins over the allowlist.
+    #[serde(default)]
+    pub url_preview_domain_denylist: Vec<String>,
+    /// Largest page or image fetched for a preview, in bytes.
+    #[serde(default = "default_url_preview_max_size")]
+    pub url_preview_max_size: usize,
+    /// Time limit of one preview (every redirect, the page and its image), in seconds.
+    #[serde(default = "default_url_preview_timeout_s")]
+    pub url_preview_timeout_s: u64,
+    /// Address ranges (CIDR) previews may fetch from although internal (loopback, private,
+    /// link-local, ...); by default only public addresses (Synapse's
+    /// `url_preview_ip_range_whitelist`).
+    #[serde(default)]
+    pub url_preview_ip_allowlist: Vec<crate::service::net_policy::IpRange>,
     /// `[global.media]`: where uploads are stored and how long things are kept.
     #[serde(default)]
     pub media: MediaConfig,
@@ -269,6 +291,15 @@ fn default_presence_idle_timeout_s() -> u64 {
 }
 fn default_presence_offline_timeout_s() -> u64 {
     30 * 60
+}
+fn default_url_preview_domain_allowlist() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+fn default_url_preview_max_size() -> usize {
+    10 * 1024 * 1024
+}
+fn default_url_preview_timeout_s() -> u64 {
+    10
 }
 fn default_unused_expiration_s() -> u64 {
     24 * 60 * 60

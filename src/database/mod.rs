@@ -85,11 +85,12 @@ pub const TABLES: &[&str] = &[
     "e2ee_to_device_txns",
     "e2ee_backup_versions",
     "e2ee_backup_keys",
-    // media: metadata, thumbnails, blob users, reserved ids (service/media)
+    // media: metadata, thumbnails, blob users, reserved ids, URL preview cache (service/media)
     "media",
     "media_thumbnails",
     "media_blob_refs",
     "media_pending",
+    "url_previews",
 ];
 
 pub struct Database {

@@ -11,6 +11,7 @@ pub mod e2ee;
 pub mod federation;
 pub mod globals;
 pub mod media;
+pub mod net_policy;
 pub mod notifier;
 pub mod presence;
 pub mod push;
@@ -40,6 +41,7 @@ pub struct Services {
     pub presence: presence::PresenceService,
     pub receipts: receipts::Receipts,
     pub media: media::Media,
+    pub previews: media::preview::Previews,
     pub search: search::Search,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -77,6 +79,7 @@ impl Services {
             presence: presence::PresenceService::new(&db, &config),
             receipts: receipts::Receipts::new(&db),
             media: media::Media::new(&db, &config)?,
+            previews: media::preview::Previews::new(&db, &config)?,
             search,
             federation,
             sending,

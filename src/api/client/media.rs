@@ -44,6 +44,7 @@ pub fn routes(mut router: AppRouter) -> AppRouter {
     let router = route(router, create_mxc_uri);
     let router = route(router, config_v1);
     let router = route(router, config_legacy);
+    let router = super::media_preview::routes(router);
     super::media_download::routes(router)
 }
 

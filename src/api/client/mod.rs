@@ -12,6 +12,7 @@ pub mod filter;
 pub mod keys;
 pub mod media;
 pub mod media_download;
+pub mod media_preview;
 pub mod membership;
 pub mod message;
 pub mod notifications;

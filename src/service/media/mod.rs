@@ -29,6 +29,8 @@ use crate::{
     service::globals::{now_ms, random_string},
 };
 
+pub mod html_meta;
+pub mod preview;
 pub mod s3;
 pub mod storage;
 pub mod thumbnail;
@@ -666,6 +668,9 @@ pub async fn run_sweeper(services: Arc<crate::service::Services>) {
             Ok(0) => {}
             Ok(n) => tracing::info!("media: swept {n} expired items"),
             Err(e) => tracing::warn!("media: sweep failed: {e}"),
+        }
+        if let Err(e) = services.previews.sweep_cache() {
+            tracing::warn!("media: URL preview cache sweep failed: {e}");
         }
     }
 }

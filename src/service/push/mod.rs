@@ -15,10 +15,9 @@ use serde_json::{Value, json};
 use crate::{
     database::{Database, Table},
     error::Result,
-    service::account_data::AccountData,
+    service::{account_data::AccountData, net_policy},
 };
 
-pub mod address;
 pub mod counts;
 mod memo;
 pub mod pushers;
@@ -39,7 +38,7 @@ pub struct Push {
     wake: tokio::sync::Notify,
     /// The push client: no redirects, and only addresses the policy allows.
     client: reqwest::Client,
-    policy: Arc<address::AddressPolicy>,
+    policy: Arc<net_policy::AddressPolicy>,
     /// user 0xFF room 0xFF count -> small record for the unread counts
     user_notifications: Table,
     /// user 0xFF count -> the notification, for `GET /notifications`
@@ -61,11 +60,11 @@ impl Push {
         account_data: Arc<AccountData>,
         config: &crate::config::Config,
     ) -> Result<Self> {
-        let policy = Arc::new(address::AddressPolicy::new(
+        let policy = Arc::new(net_policy::AddressPolicy::new(
             config.push_gateway_allowed_ranges.clone(),
         ));
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(address::FilteringResolver(Arc::clone(&policy))))
+            .dns_resolver(Arc::new(net_policy::FilteringResolver(Arc::clone(&policy))))
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(10))
             .build()

@@ -2,6 +2,7 @@
 //! uploads, storage (filesystem and a real S3-compatible server) and admin retention.
 
 mod async_upload;
+mod preview;
 mod retention;
 mod round_trip;
 mod s3;

@@ -1,9 +1,11 @@
-//! Which addresses pushers may reach. A pusher URL comes from a client, so without a check
-//! any user could make the server POST to its own network (SSRF). Loopback, private,
-//! link-local, shared, multicast and reserved addresses are refused unless the operator
-//! allows their range (`push_gateway_allowed_ranges`); the check runs on the addresses the
-//! name resolves to at connection time (a resolver for the push client), so a name that
-//! changes after the pusher was set is caught too, and redirects are not followed.
+//! Which addresses outgoing requests made for users may reach. A pusher URL or a URL to
+//! preview comes from a client, so without a check any user could make the server send
+//! requests into its own network (SSRF). Loopback, private, link-local, shared, multicast
+//! and reserved addresses are refused unless the operator allows their range
+//! (`push_gateway_allowed_ranges`, `url_preview_ip_allowlist`); the check runs on the
+//! addresses a name resolves to at connection time (a resolver for the client), so a name
+//! that changes after it was checked is caught too. Literal addresses in a URL never reach
+//! a resolver: callers check them with [`AddressPolicy::allows`].
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -129,7 +131,34 @@ impl AddressPolicy {
     }
 }
 
-/// The push client's resolver: the system resolver, keeping only allowed addresses.
+/// A name that resolves only to refused addresses (or to none): told apart from other
+/// connection failures by walking the error's sources.
+#[derive(Debug)]
+pub struct NoAllowedAddress(pub String);
+
+impl std::fmt::Display for NoAllowedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} resolves to no address that may be reached", self.0)
+    }
+}
+
+impl std::error::Error for NoAllowedAddress {}
+
+impl NoAllowedAddress {
+    /// Whether `error` (or one of its sources) is this refusal.
+    pub fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if e.is::<Self>() {
+                return true;
+            }
+            current = e.source();
+        }
+        false
+    }
+}
+
+/// A client's resolver: the system resolver, keeping only allowed addresses.
 pub struct FilteringResolver(pub Arc<AddressPolicy>);
 
 impl Resolve for FilteringResolver {
@@ -142,7 +171,9 @@ impl Resolve for FilteringResolver {
                 .filter(|a| policy.allows(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves to no address pushers may reach").into());
+                return Err(
+                    Box::new(NoAllowedAddress(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
