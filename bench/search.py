@@ -12,6 +12,7 @@ sender who is in every room. Prints one JSON line.
 """
 import http.client
 import json
+import os
 import random
 import sys
 import threading
@@ -78,27 +79,10 @@ for i in range(rooms_n):
 bodies = [body(i) for i in range(messages)]
 
 
-def send(w):
-    for i in range(w, messages, len(senders)):
+def send(w, lo, hi):
+    for i in range(lo + w, hi, len(senders)):
         call("PUT", f"/_matrix/client/v3/rooms/{q(rooms[i % rooms_n])}/send/m.room.message/{RUN}{i}",
              senders[w], {"msgtype": "m.text", "body": bodies[i]})
-
-
-t0 = time.perf_counter()
-threads = [threading.Thread(target=send, args=(w,)) for w in range(len(senders))]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-send_s = time.perf_counter() - t0
-if queries == 0:  # send rate only (a server without search)
-    print(json.dumps({"scenario": "search-send-only", "server": base, "rooms": rooms_n,
-                      "messages": messages, "send_msgs_per_s": round(messages / send_s, 1)}))
-    sys.exit(0)
-last = f"lastmarker{RUN}"
-call("PUT", f"/_matrix/client/v3/rooms/{q(rooms[0])}/send/m.room.message/{RUN}last", senders[0],
-     {"msgtype": "m.text", "body": f"the end {last}"})
-t0 = time.perf_counter()
 
 
 def search(term, order="rank"):
@@ -106,22 +90,44 @@ def search(term, order="rank"):
         "search_term": term, "order_by": order, "filter": {"limit": 10}}}})["search_categories"]["room_events"]
 
 
-while not search(last).get("results"):
-    if time.perf_counter() - t0 > 3600:
-        raise SystemExit("the last message never became searchable")
-    time.sleep(0.05)
-lag = time.perf_counter() - t0
-out = {"scenario": "search", "server": base, "rooms": rooms_n, "messages": messages,
-       "send_msgs_per_s": round(messages / send_s, 1), "index_lag_s": round(lag, 2)}
-for label, term in (("common", common), ("rare", rare), ("phrase", f'"{common} {second}"'),
-                    ("prefix", common[:3] + "*")):
-    times, count = [], None
-    for _ in range(queries):
-        t = time.perf_counter()
-        r = search(term)
-        times.append(time.perf_counter() - t)
-        count = r.get("count")
-    times.sort()
-    out[label] = {"term": term, "count": count, "p50_ms": round(1000 * times[len(times) // 2], 1),
-                  "p99_ms": round(1000 * times[min(len(times) - 1, int(len(times) * 0.99))], 1)}
-print(json.dumps(out))
+# CHECKPOINTS="100000 500000": measure at these totals too (one JSON line each), so a long
+# run gives figures along the way.
+checkpoints = sorted({int(c) for c in os.environ.get("CHECKPOINTS", "").split() if int(c) < messages} | {messages})
+sent, send_s = 0, 0.0
+for upto in checkpoints:
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=send, args=(w, sent, upto)) for w in range(len(senders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    send_s += time.perf_counter() - t0
+    sent = upto
+    if queries == 0:  # send rate only (a server without search)
+        continue
+    last = f"lastmarker{RUN}x{upto}"
+    call("PUT", f"/_matrix/client/v3/rooms/{q(rooms[0])}/send/m.room.message/{RUN}last{upto}", senders[0],
+         {"msgtype": "m.text", "body": f"the end {last}"})
+    t0 = time.perf_counter()
+    while not search(last).get("results"):
+        if time.perf_counter() - t0 > 3600:
+            raise SystemExit("the last message never became searchable")
+        time.sleep(0.05)
+    lag = time.perf_counter() - t0
+    out = {"scenario": "search", "server": base, "rooms": rooms_n, "messages": upto,
+           "send_msgs_per_s": round(upto / send_s, 1), "index_lag_s": round(lag, 2)}
+    for label, term in (("common", common), ("rare", rare), ("phrase", f'"{common} {second}"'),
+                        ("prefix", common[:3] + "*")):
+        times, count = [], None
+        for _ in range(queries):
+            t = time.perf_counter()
+            r = search(term)
+            times.append(time.perf_counter() - t)
+            count = r.get("count")
+        times.sort()
+        out[label] = {"term": term, "count": count, "p50_ms": round(1000 * times[len(times) // 2], 1),
+                      "p99_ms": round(1000 * times[min(len(times) - 1, int(len(times) * 0.99))], 1)}
+    print(json.dumps(out), flush=True)
+if queries == 0:
+    print(json.dumps({"scenario": "search-send-only", "server": base, "rooms": rooms_n,
+                      "messages": messages, "send_msgs_per_s": round(messages / send_s, 1)}))

@@ -132,12 +132,20 @@ async fn search_route(
 
     // Candidate rooms: joined ones, and left ones up to the leave.
     let mut rooms = Vec::new();
+    let mut shortrooms = std::collections::HashSet::new();
     for (room_id, record) in services.rooms.user_rooms(user)? {
         if record.forgotten
             || filter.not_rooms.contains(&room_id)
             || filter.rooms.as_ref().is_some_and(|r| !r.contains(&room_id))
         {
             continue;
+        }
+        if matches!(
+            record.membership,
+            MembershipState::Join | MembershipState::Leave | MembershipState::Ban
+        ) && let Some(short) = services.rooms.get_shortroomid(&room_id)?
+        {
+            shortrooms.insert(short);
         }
         match record.membership {
             MembershipState::Join => rooms.push((room_id.to_string(), None)),
@@ -150,6 +158,7 @@ async fn search_route(
     let scope = Scope {
         keys,
         rooms,
+        shortrooms: Arc::new(shortrooms),
         senders: filter
             .senders
             .as_ref()

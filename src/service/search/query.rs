@@ -10,12 +10,16 @@
 //! position, with the BM25 statistics of the first page replayed so scores do not drift
 //! as the index grows.
 
-use std::{collections::BTreeMap, ops::Bound, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashSet},
+    ops::Bound,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
 use tantivy::{
     DocAddress, Score, Searcher, SegmentReader, Term,
-    collector::{Count, TopDocs},
+    collector::{Count, FilterCollector, TopDocs},
     query::{
         Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, FuzzyTermQuery, Occur, PhraseQuery,
         Query, RangeQuery, TermQuery, TermSetQuery,
@@ -43,6 +47,10 @@ pub struct Scope {
     /// The rooms to search, each with the last position the user may find there (where
     /// they left), if any.
     pub rooms: Vec<(String, Option<u64>)>,
+    /// The same rooms by short id: hits are kept to these as they are collected. (A query
+    /// clause naming the rooms made every search read the posting list of every room the
+    /// user is in: 60 ms for a rare word in 1,000 rooms at 100,000 messages, measured.)
+    pub shortrooms: Arc<HashSet<u64>>,
     pub senders: Option<Vec<String>>,
     pub not_senders: Vec<String>,
 }
@@ -246,32 +254,22 @@ impl Search {
         if scope.keys.len() < 3 {
             clauses.push((Occur::Must, filter(strings(f.key, &scope.keys))));
         }
-        let mut rooms: Vec<(Occur, Box<dyn Query>)> = vec![(
-            Occur::Should,
-            strings(
-                f.room_id,
-                scope
-                    .rooms
-                    .iter()
-                    .filter(|(_, upto)| upto.is_none())
-                    .map(|(r, _)| r),
-            ),
-        )];
+        // Rooms the user left: nothing after the leave. (Which rooms at all is the
+        // collectors' `shortrooms` check.)
         for (room, upto) in &scope.rooms {
             if let Some(upto) = upto {
-                rooms.push((
-                    Occur::Should,
+                clauses.push((
+                    Occur::MustNot,
                     Box::new(BooleanQuery::new(vec![
                         (Occur::Must, strings(f.room_id, [room])),
                         (
                             Occur::Must,
-                            pos_range(&f, Bound::Unbounded, Bound::Included(*upto)),
+                            pos_range(&f, Bound::Excluded(*upto), Bound::Unbounded),
                         ),
                     ])),
                 ));
             }
         }
-        clauses.push((Occur::Must, filter(Box::new(BooleanQuery::new(rooms)))));
         if let Some(senders) = &scope.senders {
             clauses.push((Occur::Must, filter(strings(f.sender, senders))));
         }
@@ -296,9 +294,17 @@ impl Search {
         let Some(query) = self.full_query(term, scope, snapshot, None) else {
             return Ok(0);
         };
+        let rooms = Arc::clone(&scope.shortrooms);
         let n = self
             .searcher()
-            .search(query.as_ref(), &Count)
+            .search(
+                query.as_ref(),
+                &FilterCollector::new(
+                    "short_room".to_owned(),
+                    move |room: u64| rooms.contains(&room),
+                    Count,
+                ),
+            )
             .map_err(Error::internal)?;
         Ok(n as u64)
     }
@@ -330,8 +336,10 @@ impl Search {
             (Order::Rank, Some(c)) => Some((f32::from_bits(c.score), c.pos)),
             _ => None,
         };
+        let rooms = Arc::clone(&scope.shortrooms);
         let collector =
             TopDocs::with_limit(limit.max(1)).tweak_score(move |segment: &SegmentReader| {
+                let rooms = Arc::clone(&rooms);
                 let column = |name: &str| {
                     segment
                         .fast_fields()
@@ -343,6 +351,10 @@ impl Search {
                 move |doc: tantivy::DocId, score: Score| {
                     let p = pos.as_ref().map_or(0, |c| c.get_val(doc));
                     let r = room.as_ref().map_or(0, |c| c.get_val(doc));
+                    // Sorted last and dropped, like hits before the cursor.
+                    if !rooms.contains(&r) {
+                        return (false, f32::NEG_INFINITY, 0, 0, score);
+                    }
                     if let Some((s, cp)) = after
                         && (score > s || (score == s && p >= cp))
                     {

@@ -112,3 +112,36 @@ async fn redacted_events_are_not_found() {
     let answer = wait_for(&server, &alice, "hunter2", 1).await;
     assert_eq!(found(&answer), ["hunter2 is a meme"]);
 }
+
+/// Many matches in rooms the user is not in must not crowd out the one in a room they are
+/// in: hits are kept to the user's rooms as they are collected, not after.
+#[tokio::test]
+async fn matches_in_other_rooms_do_not_crowd_out_the_users_own() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let shared = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &shared).await;
+    let other = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server
+        .send_text(&alice, &shared, "walrus in the shared room")
+        .await;
+    for i in 0..40 {
+        server
+            .send_text(&alice, &other, &format!("walrus number {i}"))
+            .await;
+    }
+    wait_for(&server, &alice, "walrus number 39", 1).await;
+    let answer = room_events(
+        &server,
+        &bob,
+        json!({ "search_term": "walrus", "order_by": "recent", "filter": { "limit": 1 } }),
+    )
+    .await;
+    assert_eq!(found(&answer), ["walrus in the shared room"], "{answer}");
+    assert_eq!(answer["count"], 1, "{answer}");
+}
