@@ -31,6 +31,7 @@ use crate::{
 
 pub mod html_meta;
 pub mod preview;
+pub mod remote;
 pub mod s3;
 pub mod storage;
 pub mod thumbnail;
@@ -95,6 +96,11 @@ pub struct Media {
     /// unused and deleting it (exclusive): otherwise an upload that found the blob
     /// present could record it just after a delete removed it.
     blob_lock: tokio::sync::RwLock<()>,
+    /// Fetches other servers' media.
+    federation: Arc<crate::service::federation::Federation>,
+    /// Plain GETs of a federation answer's `Location` part: no internal addresses.
+    redirect_client: reqwest::Client,
+    in_flight: remote::InFlight,
 }
 
 pub fn media_dir(config: &Config) -> PathBuf {
@@ -106,7 +112,11 @@ pub fn media_dir(config: &Config) -> PathBuf {
 }
 
 impl Media {
-    pub fn new(db: &Arc<Database>, config: &Config) -> Result<Self> {
+    pub fn new(
+        db: &Arc<Database>,
+        config: &Config,
+        federation: Arc<crate::service::federation::Federation>,
+    ) -> Result<Self> {
         let root = media_dir(config);
         let temp_dir = root.join("tmp");
         std::fs::create_dir_all(&temp_dir).map_err(|e| {
@@ -130,7 +140,21 @@ impl Media {
                 Box::new(s3::S3Storage::new(s3)?)
             }
         };
+        let redirect_client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(crate::service::net_policy::FilteringResolver(
+                Arc::new(crate::service::net_policy::AddressPolicy::default()),
+            )))
+            // Followed by hand, each hop checked.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(config.federation_timeout.max(1)))
+            .user_agent(concat!("conduit/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::internal)?;
         Ok(Self {
+            federation,
+            redirect_client,
+            in_flight: Default::default(),
             db: Arc::clone(db),
             media: db.table("media"),
             thumbnails: db.table("media_thumbnails"),
@@ -354,7 +378,7 @@ impl Media {
         timeout: Duration,
     ) -> Result<Content> {
         if server != self.server_name {
-            return self.fetch_remote(server, media_id).await;
+            return self.fetch_remote(server, media_id, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
         let mut uploads = self.uploaded.subscribe();
@@ -384,13 +408,6 @@ impl Media {
                 }
             }
         }
-    }
-
-    /// The one place federation media will plug in: fetch `mxc://server/media_id` from its
-    /// server, store it with `remote: true`, and serve it like local content. Not
-    /// implemented yet, so other servers' media is not found.
-    async fn fetch_remote(&self, _server: &ServerName, _media_id: &str) -> Result<Content> {
-        Err(Error::not_found("Media not found"))
     }
 
     pub async fn read(&self, sha256: &str, range: Option<(u64, u64)>) -> Result<ByteStream> {
@@ -552,13 +569,32 @@ impl Media {
         Ok(())
     }
 
-    /// Records a cached copy of another server's media (what the federation fetch will
-    /// do); for now the retention sweep's tests use it.
+    /// Records a cached copy of another server's media (the retention sweep's tests use
+    /// it directly).
     pub async fn insert_remote<S, E>(
         &self,
         server: &ServerName,
         media_id: &str,
         content_type: Option<String>,
+        fetched_ms: u64,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.insert_remote_named(server, media_id, content_type, None, fetched_ms, body)
+            .await
+    }
+
+    /// Streams a fetched remote file to storage (within the upload limit) and records it
+    /// as `remote: true` under its own server's name.
+    async fn insert_remote_named<S, E>(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
         fetched_ms: u64,
         body: S,
     ) -> Result<()>
@@ -575,6 +611,7 @@ impl Media {
             sha256: Some(sha256.clone()),
             size,
             content_type,
+            filename,
             created_ms: fetched_ms,
             remote: true,
             ..Default::default()
