@@ -158,10 +158,7 @@ impl Federation {
     ) -> Result<reqwest::Response> {
         self.check_destination(destination)?;
         let target = self.resolver.resolve(destination).await;
-        let url = format!(
-            "{}{path_and_query}",
-            target.base_url.trim_end_matches('/')
-        );
+        let url = format!("{}{path_and_query}", target.base_url.trim_end_matches('/'));
         let http_request = http::Request::get(url)
             .body(Vec::new())
             .map_err(|e| Error::internal(format_args!("building media request: {e}")))?;

@@ -125,10 +125,7 @@ impl Media {
             }
         }
         let headers = parts.next_part().await?.ok_or_else(|| truncated(server))?;
-        if let Some(location) = headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
             let location = location.to_owned();
             return self.download_location(server, media_id, &location).await;
         }
@@ -193,13 +190,20 @@ impl Media {
                     "{server}: media location is an internal address"
                 )));
             }
-            let response = self.redirect_client.get(url.clone()).send().await.map_err(|e| {
-                if NoAllowedAddress::caused(&e) {
-                    Error::bad_gateway(format!("{server}: media location is an internal address"))
-                } else {
-                    Error::bad_gateway(format!("{server}: media location unreachable"))
-                }
-            })?;
+            let response = self
+                .redirect_client
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    if NoAllowedAddress::caused(&e) {
+                        Error::bad_gateway(format!(
+                            "{server}: media location is an internal address"
+                        ))
+                    } else {
+                        Error::bad_gateway(format!("{server}: media location unreachable"))
+                    }
+                })?;
             let status = response.status();
             if status.is_redirection() {
                 let next = response
@@ -246,15 +250,8 @@ impl Media {
     where
         S: Stream<Item = Result<Bytes, Error>> + Unpin,
     {
-        self.insert_remote_named(
-            server,
-            media_id,
-            content_type,
-            filename,
-            now_ms(),
-            body,
-        )
-        .await?;
+        self.insert_remote_named(server, media_id, content_type, filename, now_ms(), body)
+            .await?;
         self.cached_remote(server, media_id)?
             .ok_or_else(|| Error::not_found("Media not found"))
     }
@@ -552,4 +549,87 @@ where
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads every part of `body` delivered in pieces of `step` bytes.
+    fn parts(body: &[u8], boundary: &str, step: usize) -> Result<Vec<(HeaderMap, Vec<u8>)>> {
+        let chunks: Vec<Result<Bytes>> = body
+            .chunks(step)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let mut reader = Multipart::new(futures::stream::iter(chunks), boundary);
+        futures::executor::block_on(async {
+            let mut out = Vec::new();
+            while let Some(headers) = reader.next_part().await? {
+                let mut data = Vec::new();
+                while let Some(chunk) = reader.chunk().await? {
+                    data.extend_from_slice(&chunk);
+                }
+                out.push((headers, data));
+            }
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn multipart_parts_are_found_whatever_the_chunking() {
+        let body = b"preamble\r\n--xyz\r\nContent-Type: application/json\r\n\r\n{}\r\n--xyz  \r\n\
+                     Content-Type: image/png\r\nContent-Disposition: inline; filename=\"a;b.png\"\r\n\r\n\
+                     \r\n--xy not the end\r\n--xyz\r\n\r\n\r\n--xyz--\r\nepilogue";
+        for step in [1, 2, 3, 7, 64, body.len()] {
+            let parts = parts(body, "xyz", step).expect("parses");
+            assert_eq!(parts.len(), 3, "step {step}");
+            assert_eq!(parts[0].1, b"{}");
+            assert_eq!(parts[1].0[header::CONTENT_TYPE], "image/png");
+            assert_eq!(parts[1].1, b"\r\n--xy not the end");
+            assert_eq!(describe(&parts[1].0).1.as_deref(), Some("a;b.png"));
+            assert!(parts[2].0.is_empty());
+            assert_eq!(parts[2].1, b"");
+        }
+        // No preamble: the first delimiter opens the body.
+        let parts = parts(b"--b\r\n\r\nx\r\n--b--", "b", 1).expect("parses");
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].1, b"x");
+    }
+
+    #[test]
+    fn truncated_multipart_is_an_error() {
+        for body in [
+            &b"--b\r\nContent-Type: text/plain\r\n\r\nhalf a fi"[..],
+            b"--b\r\nContent-Type: text/pl",
+            b"no boundary at all",
+        ] {
+            assert!(
+                parts(body, "b", 3).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn boundaries_and_file_names_are_read_from_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "multipart/mixed; boundary=\"a b\"".parse().unwrap(),
+        );
+        assert_eq!(multipart_boundary(&headers).as_deref(), Some("a b"));
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert_eq!(multipart_boundary(&headers), None);
+        assert_eq!(
+            disposition_filename("attachment; filename=\"x.txt\"; filename*=utf-8''%C3%BC.txt")
+                .as_deref(),
+            Some("ü.txt")
+        );
+        assert_eq!(
+            disposition_filename("inline; filename=plain.txt").as_deref(),
+            Some("plain.txt")
+        );
+        assert_eq!(disposition_filename("inline"), None);
+    }
 }

@@ -85,7 +85,10 @@ impl Storage for S3Storage {
                 let file = tokio::fs::File::open(temp)
                     .await
                     .map_err(|e| Error::internal(format_args!("media: reopening upload: {e}")))?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, super::storage::CHUNK));
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    super::storage::CHUNK,
+                ));
                 let url = self
                     .bucket
                     .put_object(Some(&self.credentials), &key)

@@ -109,7 +109,8 @@ impl Storage for FsStorage {
                     file.seek(io::SeekFrom::Start(start))
                         .await
                         .map_err(io_error("seeking"))?;
-                    tokio_util::io::ReaderStream::with_capacity(file.take(end - start), CHUNK).boxed()
+                    tokio_util::io::ReaderStream::with_capacity(file.take(end - start), CHUNK)
+                        .boxed()
                 }
                 None => tokio_util::io::ReaderStream::with_capacity(file, CHUNK).boxed(),
             };
