@@ -265,12 +265,35 @@ impl Media {
         result
     }
 
-    async fn receive<S, E>(&self, mut body: S) -> Result<(PathBuf, String, u64)>
+    async fn receive<S, E>(&self, body: S) -> Result<(PathBuf, String, u64)>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let temp = self.temp_dir.join(random_string(20));
+        self.receive_from(body, |e| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!("The upload was interrupted: {e}"),
+            )
+        })
+        .await
+    }
+
+    /// Streams `body` to a new temp file within the upload limit; `interrupted` makes the
+    /// error for a body that fails midway (a client's upload, or another server's answer).
+    /// Cancelled (a client gone, a fetch timed out), the temp file is removed on drop.
+    async fn receive_from<S, E>(
+        &self,
+        mut body: S,
+        interrupted: impl Fn(String) -> Error,
+    ) -> Result<(PathBuf, String, u64)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut guard = TempGuard(Some(self.temp_dir.join(random_string(20))));
+        let temp = guard.0.clone().unwrap_or_default();
         let received = async {
             // Buffered: each write of a tokio file is a trip to the blocking pool.
             let mut file = tokio::io::BufWriter::with_capacity(
@@ -280,13 +303,7 @@ impl Media {
             let mut hasher = Sha256::new();
             let mut size: u64 = 0;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    Error::new(
-                        http::StatusCode::BAD_REQUEST,
-                        "M_UNKNOWN",
-                        format!("The upload was interrupted: {e}"),
-                    )
-                })?;
+                let chunk = chunk.map_err(|e| interrupted(e.to_string()))?;
                 size += chunk.len() as u64;
                 if size > self.max_upload as u64 {
                     return Err(Error::too_large(format!(
@@ -303,11 +320,12 @@ impl Media {
         }
         .await;
         match received {
-            Ok((sha256, size)) => Ok((temp, sha256, size)),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                Err(e)
+            Ok((sha256, size)) => {
+                guard.0 = None;
+                Ok((temp, sha256, size))
             }
+            // The guard removes the temp file.
+            Err(e) => Err(e),
         }
     }
 
@@ -602,7 +620,11 @@ impl Media {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let (temp, sha256, size) = self.receive(body).await?;
+        let (temp, sha256, size) = self
+            .receive_from(body, |e| {
+                Error::bad_gateway(format!("{server}: media answer cut short: {e}"))
+            })
+            .await?;
         let _blobs = self.blob_lock.read().await;
         let stored = self.storage.store(&sha256, &temp, size).await;
         let _ = tokio::fs::remove_file(&temp).await;
@@ -658,6 +680,17 @@ impl Media {
             deleted += 1;
         }
         Ok(deleted)
+    }
+}
+
+/// Removes a temp file when dropped while it still holds its path.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -228,3 +228,187 @@ async fn remote_media_over_the_size_limit_is_refused_and_not_kept() {
     );
     assert_eq!(temp_files(&b), 0);
 }
+
+/// A hand-made peer on TLS: answers each request with `respond(path, port)` and records the
+/// paths it was asked for.
+struct FakePeer {
+    name: String,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakePeer {
+    async fn start(respond: fn(&str, u16) -> Vec<u8>) -> Self {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let hits = Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    hits.lock().unwrap().push(path.clone());
+                    if path.contains("/slow") {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    }
+                    let _ = tls.write_all(&respond(&path, port)).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self {
+            name: format!("127.0.0.1:{port}"),
+            hits,
+        }
+    }
+
+    fn hits(&self, part: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.contains(part))
+            .count()
+    }
+}
+
+fn http_answer(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+fn multipart(second_part: &str) -> Vec<u8> {
+    http_answer(
+        "200 OK",
+        &[("Content-Type", "multipart/mixed; boundary=\"sep\"")],
+        format!("--sep\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--sep\r\n{second_part}")
+            .as_bytes(),
+    )
+}
+
+fn old_style_peer(path: &str, port: u16) -> Vec<u8> {
+    let json = [("Content-Type", "application/json")];
+    match path {
+        "/_matrix/federation/v1/media/download/old" => http_answer(
+            "404 Not Found",
+            &json,
+            br#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#,
+        ),
+        p if p.starts_with("/_matrix/media/v3/download/")
+            && p.ends_with("/old?allow_remote=false") =>
+        {
+            http_answer(
+                "200 OK",
+                &[
+                    ("Content-Type", "text/plain"),
+                    ("Content-Disposition", "attachment; filename=\"legacy.txt\""),
+                ],
+                b"legacy bytes",
+            )
+        }
+        "/_matrix/federation/v1/media/download/slow" => {
+            multipart("Content-Type: text/plain\r\n\r\nslow bytes\r\n--sep--\r\n")
+        }
+        "/_matrix/federation/v1/media/download/moved" => multipart(&format!(
+            "Location: http://127.0.0.1:{port}/elsewhere\r\n\r\n\r\n--sep--\r\n"
+        )),
+        "/_matrix/federation/v1/media/download/broken" => {
+            multipart("Content-Type: text/plain\r\n\r\nhalf a fi")
+        }
+        _ => http_answer(
+            "404 Not Found",
+            &json,
+            br#"{"errcode":"M_NOT_FOUND","error":"Not found"}"#,
+        ),
+    }
+}
+
+#[tokio::test]
+async fn old_servers_redirects_bad_answers_and_concurrent_fetches() {
+    let peer = FakePeer::start(old_style_peer).await;
+    let b = TestServer::start_federated().await;
+    let bob = b.register("bob").await;
+    let download = |id: &str| format!("{V1}/download/{}/{id}", peer.name);
+
+    // No federation media on the peer: the legacy endpoint, once.
+    let got = get(&b, &download("old"), Some(&bob.token)).await;
+    assert_eq!(got.status, 200, "{:?}", got.json());
+    assert_eq!(got.body, b"legacy bytes");
+    assert_eq!(got.header("content-type"), "text/plain");
+    assert_eq!(
+        got.header("content-disposition"),
+        "inline; filename=\"legacy.txt\""
+    );
+    assert_eq!(
+        get(&b, &download("old"), Some(&bob.token)).await.status,
+        200
+    );
+    assert_eq!(peer.hits("/_matrix/media/v3/download/"), 1);
+
+    // A plain 404 is not a reason to try the legacy endpoint.
+    let gone = get(&b, &download("gone"), Some(&bob.token)).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.errcode(), "M_NOT_FOUND");
+    assert_eq!(peer.hits("/_matrix/media/v3/download/"), 1);
+
+    // Four clients at once: one fetch.
+    let path = download("slow");
+    let replies = futures::future::join_all((0..4).map(|_| get(&b, &path, Some(&bob.token)))).await;
+    for reply in replies {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, b"slow bytes");
+    }
+    assert_eq!(peer.hits("/download/slow"), 1);
+
+    // A Location part pointing at an internal address is not followed.
+    let moved = get(&b, &download("moved"), Some(&bob.token)).await;
+    assert_eq!(moved.status, 502, "{:?}", moved.json());
+    assert_eq!(peer.hits("/elsewhere"), 0);
+
+    // A multipart answer cut short: nothing kept.
+    let broken = get(&b, &download("broken"), Some(&bob.token)).await;
+    assert_eq!(broken.status, 502, "{:?}", broken.json());
+    let peer_name = ruma::ServerName::parse(&peer.name).unwrap();
+    for id in ["moved", "broken", "gone"] {
+        assert!(b.services().media.get(&peer_name, id).unwrap().is_none());
+    }
+    assert_eq!(temp_files(&b), 0);
+}
