@@ -411,4 +411,13 @@ async fn old_servers_redirects_bad_answers_and_concurrent_fetches() {
         assert!(b.services().media.get(&peer_name, id).unwrap().is_none());
     }
     assert_eq!(temp_files(&b), 0);
+
+    // A server that cannot be reached: 502, nothing cached.
+    let dead = get(
+        &b,
+        &format!("{V1}/download/127.0.0.1:1/x"),
+        Some(&bob.token),
+    )
+    .await;
+    assert_eq!(dead.status, 502, "{:?}", dead.json());
 }
