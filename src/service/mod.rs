@@ -78,7 +78,7 @@ impl Services {
             typing: typing::Typing::new(&db),
             presence: presence::PresenceService::new(&db, &config),
             receipts: receipts::Receipts::new(&db),
-            media: media::Media::new(&db, &config)?,
+            media: media::Media::new(&db, &config, Arc::clone(&federation))?,
             previews: media::preview::Previews::new(&db, &config)?,
             search,
             federation,

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// Registers a GET handler that also sees the request headers (for `Range`).
-fn get<Req, F, Fut>(mut router: AppRouter, handler: F) -> AppRouter
+pub(crate) fn get<Req, F, Fut>(mut router: AppRouter, handler: F) -> AppRouter
 where
     Req: IncomingRequest + Send + 'static,
     Req::Authentication: AuthKind,

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 pub mod directory;
 pub mod event;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod transactions;
@@ -19,6 +20,7 @@ pub fn routes(router: AppRouter) -> AppRouter {
     let router = membership::routes(router);
     let router = directory::routes(router);
     let router = keys::routes(router);
+    let router = media::routes(router);
     query::routes(router)
 }
 

@@ -41,6 +41,44 @@ impl Client {
         Ok(Self { http })
     }
 
+    /// Sends a request and hands back the answer unread, for bodies too big to buffer
+    /// (media). A non-success status is turned into the peer's error here.
+    pub(super) async fn execute_streaming(
+        &self,
+        resolver: &Resolver,
+        server: &ServerName,
+        host_header: &str,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<reqwest::Response> {
+        let mut request = reqwest::Request::try_from(request)
+            .map_err(|e| Error::internal(format_args!("federation request: {e}")))?;
+        let host = http::HeaderValue::from_str(host_header)
+            .map_err(|e| Error::internal(format_args!("host header: {e}")))?;
+        request.headers_mut().insert(http::header::HOST, host);
+        let response = match self.http.execute(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                resolver.forget(server);
+                tracing::debug!(%server, "federation media request failed: {e}");
+                return Err(Error::bad_gateway(format!("{server}: request failed")));
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        // An error answer is small; a bounded read is enough to find its errcode.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 64 * 1024 {
+                break;
+            }
+        }
+        Err(peer_error(server, status, &body))
+    }
+
     /// Sends a request built against the destination's base URL and parses the answer.
     pub(super) async fn execute<R: IncomingResponse>(
         &self,

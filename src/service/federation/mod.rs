@@ -117,6 +117,61 @@ impl Federation {
             .await
     }
 
+    /// Like [`Federation::send`], but the answer's body is left unread for the caller to
+    /// stream (federation media). Error statuses come back as the peer's [`Error`].
+    pub async fn send_streaming<T>(
+        &self,
+        destination: &ServerName,
+        request: T,
+    ) -> Result<reqwest::Response>
+    where
+        T: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>
+            + Send
+            + 'static,
+    {
+        self.check_destination(destination)?;
+        let target = self.resolver.resolve(destination).await;
+        let input = XMatrixSigningInput::new(
+            self.globals.owned_server_name(),
+            destination.to_owned(),
+            &self.globals.keypair,
+        );
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&target.base_url, input, ())
+            .map_err(|e| Error::internal(format_args!("building federation request: {e}")))?;
+        self.client
+            .execute_streaming(
+                &self.resolver,
+                destination,
+                &target.host_header,
+                http_request,
+            )
+            .await
+    }
+
+    /// An unauthenticated GET of `path_and_query` on `destination`'s resolved address,
+    /// body left unread: the legacy media download of servers without federation media.
+    pub async fn get_streaming(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+    ) -> Result<reqwest::Response> {
+        self.check_destination(destination)?;
+        let target = self.resolver.resolve(destination).await;
+        let url = format!("{}{path_and_query}", target.base_url.trim_end_matches('/'));
+        let http_request = http::Request::get(url)
+            .body(Vec::new())
+            .map_err(|e| Error::internal(format_args!("building media request: {e}")))?;
+        self.client
+            .execute_streaming(
+                &self.resolver,
+                destination,
+                &target.host_header,
+                http_request,
+            )
+            .await
+    }
+
     /// Sends an unauthenticated request (the key endpoints) to `destination`.
     pub async fn send_unauthenticated<T>(
         &self,

@@ -31,6 +31,7 @@ use crate::{
 
 pub mod html_meta;
 pub mod preview;
+pub mod remote;
 pub mod s3;
 pub mod storage;
 pub mod thumbnail;
@@ -95,6 +96,11 @@ pub struct Media {
     /// unused and deleting it (exclusive): otherwise an upload that found the blob
     /// present could record it just after a delete removed it.
     blob_lock: tokio::sync::RwLock<()>,
+    /// Fetches other servers' media.
+    federation: Arc<crate::service::federation::Federation>,
+    /// Plain GETs of a federation answer's `Location` part: no internal addresses.
+    redirect_client: reqwest::Client,
+    in_flight: remote::InFlight,
 }
 
 pub fn media_dir(config: &Config) -> PathBuf {
@@ -106,7 +112,11 @@ pub fn media_dir(config: &Config) -> PathBuf {
 }
 
 impl Media {
-    pub fn new(db: &Arc<Database>, config: &Config) -> Result<Self> {
+    pub fn new(
+        db: &Arc<Database>,
+        config: &Config,
+        federation: Arc<crate::service::federation::Federation>,
+    ) -> Result<Self> {
         let root = media_dir(config);
         let temp_dir = root.join("tmp");
         std::fs::create_dir_all(&temp_dir).map_err(|e| {
@@ -130,7 +140,21 @@ impl Media {
                 Box::new(s3::S3Storage::new(s3)?)
             }
         };
+        let redirect_client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(crate::service::net_policy::FilteringResolver(
+                Arc::new(crate::service::net_policy::AddressPolicy::default()),
+            )))
+            // Followed by hand, each hop checked.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(config.federation_timeout.max(1)))
+            .user_agent(concat!("conduit/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::internal)?;
         Ok(Self {
+            federation,
+            redirect_client,
+            in_flight: Default::default(),
             db: Arc::clone(db),
             media: db.table("media"),
             thumbnails: db.table("media_thumbnails"),
@@ -241,12 +265,35 @@ impl Media {
         result
     }
 
-    async fn receive<S, E>(&self, mut body: S) -> Result<(PathBuf, String, u64)>
+    async fn receive<S, E>(&self, body: S) -> Result<(PathBuf, String, u64)>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let temp = self.temp_dir.join(random_string(20));
+        self.receive_from(body, |e| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!("The upload was interrupted: {e}"),
+            )
+        })
+        .await
+    }
+
+    /// Streams `body` to a new temp file within the upload limit; `interrupted` makes the
+    /// error for a body that fails midway (a client's upload, or another server's answer).
+    /// Cancelled (a client gone, a fetch timed out), the temp file is removed on drop.
+    async fn receive_from<S, E>(
+        &self,
+        mut body: S,
+        interrupted: impl Fn(String) -> Error,
+    ) -> Result<(PathBuf, String, u64)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut guard = TempGuard(Some(self.temp_dir.join(random_string(20))));
+        let temp = guard.0.clone().unwrap_or_default();
         let received = async {
             // Buffered: each write of a tokio file is a trip to the blocking pool.
             let mut file = tokio::io::BufWriter::with_capacity(
@@ -256,13 +303,7 @@ impl Media {
             let mut hasher = Sha256::new();
             let mut size: u64 = 0;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    Error::new(
-                        http::StatusCode::BAD_REQUEST,
-                        "M_UNKNOWN",
-                        format!("The upload was interrupted: {e}"),
-                    )
-                })?;
+                let chunk = chunk.map_err(|e| interrupted(e.to_string()))?;
                 size += chunk.len() as u64;
                 if size > self.max_upload as u64 {
                     return Err(Error::too_large(format!(
@@ -279,11 +320,12 @@ impl Media {
         }
         .await;
         match received {
-            Ok((sha256, size)) => Ok((temp, sha256, size)),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                Err(e)
+            Ok((sha256, size)) => {
+                guard.0 = None;
+                Ok((temp, sha256, size))
             }
+            // The guard removes the temp file.
+            Err(e) => Err(e),
         }
     }
 
@@ -354,7 +396,7 @@ impl Media {
         timeout: Duration,
     ) -> Result<Content> {
         if server != self.server_name {
-            return self.fetch_remote(server, media_id).await;
+            return self.fetch_remote(server, media_id, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
         let mut uploads = self.uploaded.subscribe();
@@ -384,13 +426,6 @@ impl Media {
                 }
             }
         }
-    }
-
-    /// The one place federation media will plug in: fetch `mxc://server/media_id` from its
-    /// server, store it with `remote: true`, and serve it like local content. Not
-    /// implemented yet, so other servers' media is not found.
-    async fn fetch_remote(&self, _server: &ServerName, _media_id: &str) -> Result<Content> {
-        Err(Error::not_found("Media not found"))
     }
 
     pub async fn read(&self, sha256: &str, range: Option<(u64, u64)>) -> Result<ByteStream> {
@@ -552,8 +587,8 @@ impl Media {
         Ok(())
     }
 
-    /// Records a cached copy of another server's media (what the federation fetch will
-    /// do); for now the retention sweep's tests use it.
+    /// Records a cached copy of another server's media (the retention sweep's tests use
+    /// it directly).
     pub async fn insert_remote<S, E>(
         &self,
         server: &ServerName,
@@ -566,7 +601,30 @@ impl Media {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let (temp, sha256, size) = self.receive(body).await?;
+        self.insert_remote_named(server, media_id, content_type, None, fetched_ms, body)
+            .await
+    }
+
+    /// Streams a fetched remote file to storage (within the upload limit) and records it
+    /// as `remote: true` under its own server's name.
+    async fn insert_remote_named<S, E>(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
+        fetched_ms: u64,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (temp, sha256, size) = self
+            .receive_from(body, |e| {
+                Error::bad_gateway(format!("{server}: media answer cut short: {e}"))
+            })
+            .await?;
         let _blobs = self.blob_lock.read().await;
         let stored = self.storage.store(&sha256, &temp, size).await;
         let _ = tokio::fs::remove_file(&temp).await;
@@ -575,6 +633,7 @@ impl Media {
             sha256: Some(sha256.clone()),
             size,
             content_type,
+            filename,
             created_ms: fetched_ms,
             remote: true,
             ..Default::default()
@@ -621,6 +680,17 @@ impl Media {
             deleted += 1;
         }
         Ok(deleted)
+    }
+}
+
+/// Removes a temp file when dropped while it still holds its path.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
