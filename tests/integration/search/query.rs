@@ -314,6 +314,13 @@ async fn context_and_profiles() {
         "{answer}"
     );
     assert!(context["start"].is_string() && context["end"].is_string());
+    // Not asked for: no context (as Synapse), not the spec's default sizes.
+    let plain = room_events(&server, &alice, json!({ "search_term": "needle" })).await;
+    let events_before = &plain["results"][0]["context"]["events_before"];
+    assert!(
+        events_before.as_array().is_none_or(|e| e.is_empty()),
+        "{plain}"
+    );
 
     let with_state = room_events(
         &server,
