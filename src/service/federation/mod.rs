@@ -87,15 +87,15 @@ impl Federation {
         Ok(())
     }
 
-    /// Signs `request` with `X-Matrix` and sends it to `destination`'s federation API,
-    /// resolved as the spec says. A Matrix error from the peer comes back as an [`Error`]
-    /// with the peer's errcode and status; an unreachable peer as `M_UNKNOWN` 502.
-    pub async fn send<T>(&self, destination: &ServerName, request: T) -> Result<T::IncomingResponse>
+    /// The request for `destination`, resolved and signed with `X-Matrix`, with the
+    /// `Host` header to send: what [`Federation::send`] and `send_streaming` share.
+    async fn signed<T>(
+        &self,
+        destination: &ServerName,
+        request: T,
+    ) -> Result<(String, http::Request<Vec<u8>>)>
     where
-        T: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>
-            + Send
-            + 'static,
-        T::IncomingResponse: IncomingResponse + Send,
+        T: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
         self.check_destination(destination)?;
         let target = self.resolver.resolve(destination).await;
@@ -107,13 +107,22 @@ impl Federation {
         let http_request = request
             .try_into_http_request::<Vec<u8>>(&target.base_url, input, ())
             .map_err(|e| Error::internal(format_args!("building federation request: {e}")))?;
+        Ok((target.host_header, http_request))
+    }
+
+    /// Signs `request` with `X-Matrix` and sends it to `destination`'s federation API,
+    /// resolved as the spec says. A Matrix error from the peer comes back as an [`Error`]
+    /// with the peer's errcode and status; an unreachable peer as `M_UNKNOWN` 502.
+    pub async fn send<T>(&self, destination: &ServerName, request: T) -> Result<T::IncomingResponse>
+    where
+        T: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>
+            + Send
+            + 'static,
+        T::IncomingResponse: IncomingResponse + Send,
+    {
+        let (host_header, http_request) = self.signed(destination, request).await?;
         self.client
-            .execute(
-                &self.resolver,
-                destination,
-                &target.host_header,
-                http_request,
-            )
+            .execute(&self.resolver, destination, &host_header, http_request)
             .await
     }
 
@@ -129,23 +138,9 @@ impl Federation {
             + Send
             + 'static,
     {
-        self.check_destination(destination)?;
-        let target = self.resolver.resolve(destination).await;
-        let input = XMatrixSigningInput::new(
-            self.globals.owned_server_name(),
-            destination.to_owned(),
-            &self.globals.keypair,
-        );
-        let http_request = request
-            .try_into_http_request::<Vec<u8>>(&target.base_url, input, ())
-            .map_err(|e| Error::internal(format_args!("building federation request: {e}")))?;
+        let (host_header, http_request) = self.signed(destination, request).await?;
         self.client
-            .execute_streaming(
-                &self.resolver,
-                destination,
-                &target.host_header,
-                http_request,
-            )
+            .execute_streaming(&self.resolver, destination, &host_header, http_request)
             .await
     }
 
