@@ -99,6 +99,11 @@ pub struct Config {
     /// beside the authenticated `/_matrix/client/v1/media/...` ones (conduwuit's key).
     #[serde(default = "default_true")]
     pub allow_legacy_media: bool,
+    /// Index messages and serve `POST /search` (Synapse's key). Off, nothing is indexed and
+    /// searches answer `400 M_UNKNOWN`; turned on again, the index catches up on what was
+    /// stored meanwhile.
+    #[serde(default = "default_true")]
+    pub enable_search: bool,
     /// Serve URL previews (`/preview_url`). Off, the endpoints answer as unknown ones, as
     /// Synapse's do.
     #[serde(default)]

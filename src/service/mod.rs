@@ -59,7 +59,10 @@ impl Services {
         )?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&notifier)));
         let push = Arc::new(push::Push::new(&db, Arc::clone(&account_data), &config)?);
-        let search = search::Search::open(&search::Search::dir(&config.database_path))?;
+        let search = search::Search::open(
+            &search::Search::dir(&config.database_path),
+            config.enable_search,
+        )?;
         Ok(Arc::new(Self {
             users: users::Users::new(&db, config.access_token_lifetime_ms),
             rooms: rooms::Rooms::new(

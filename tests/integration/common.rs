@@ -121,6 +121,16 @@ impl TestServer {
         Self::start_on(self.dir, config, listener).await
     }
 
+    /// Stops the server and starts it again on the same database with its configuration
+    /// changed by `configure`.
+    pub async fn restart_with(mut self, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.services().config().clone();
+        configure(&mut config);
+        let server = self.server.take().expect("running");
+        server.stop().await;
+        Self::start_in(self.dir, config).await
+    }
+
     /// Stops the server (graceful shutdown, database flushed) and starts a new one on the
     /// same database.
     pub async fn restart(mut self) -> Self {

@@ -68,6 +68,11 @@ async fn search_route(
     services: Arc<Services>,
     body: Ruma<search_events::Request>,
 ) -> Result<search_events::Response> {
+    if !services.search.enabled() {
+        // Synapse's answer with `enable_search: false`.
+        return Err(Error::unknown("Search is disabled on this homeserver")
+            .with_status(axum::http::StatusCode::BAD_REQUEST));
+    }
     let user = body.user();
     let criteria = body
         .body

@@ -40,17 +40,22 @@ pub(crate) enum Msg {
     Stop,
 }
 
-/// The append path's handle to the indexer: sending never blocks.
+/// The append path's handle to the indexer: sending never blocks. `None` while search is
+/// off (`enable_search = false`), so nothing queues up for an indexer that never runs.
 #[derive(Clone)]
-pub struct Feed(Sender<Msg>);
+pub struct Feed(Option<Sender<Msg>>);
 
 impl Feed {
     pub fn appended(&self, shortroomid: u64, count: u64) {
-        let _ = self.0.send(Msg::Appended { shortroomid, count });
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(Msg::Appended { shortroomid, count });
+        }
     }
 
     pub fn backfilled(&self) {
-        let _ = self.0.send(Msg::Backfilled);
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(Msg::Backfilled);
+        }
     }
 }
 
@@ -66,8 +71,9 @@ pub struct Search {
 
 impl Search {
     /// Opens the index in `dir`, or starts an empty one there if it is missing or cannot be
-    /// read (the indexer then fills it from the database).
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// read (the indexer then fills it from the database). Not `enabled`: the index is
+    /// left as it is, nothing is fed to it and [`Search::start`] starts no indexer.
+    pub fn open(dir: &Path, enabled: bool) -> Result<Self> {
         let (schema, fields) = schema::schema();
         let index = match open_existing(dir, &schema) {
             Some(index) => index,
@@ -91,8 +97,8 @@ impl Search {
             index,
             reader,
             fields,
-            feed: Feed(tx),
-            rx: Mutex::new(Some(rx)),
+            feed: Feed(enabled.then_some(tx)),
+            rx: Mutex::new(enabled.then_some(rx)),
             thread: Mutex::new(None),
             stopping: Arc::default(),
         })
@@ -104,6 +110,10 @@ impl Search {
 
     pub fn feed(&self) -> Feed {
         self.feed.clone()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.feed.0.is_some()
     }
 
     pub fn searcher(&self) -> Searcher {
@@ -139,7 +149,9 @@ impl Search {
     /// Commits what is indexed and waits for the indexer to end (blocking).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        let _ = self.feed.0.send(Msg::Stop);
+        if let Some(tx) = &self.feed.0 {
+            let _ = tx.send(Msg::Stop);
+        }
         if let Some(handle) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = handle.join();
         }

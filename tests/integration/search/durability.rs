@@ -51,6 +51,30 @@ async fn lost_index_is_rebuilt_on_start() {
     wait_for(&server, &alice, "walrus", 3).await;
 }
 
+/// `enable_search = false`: searches answer Synapse's `400 M_UNKNOWN`; turned on again,
+/// the index catches up on what was stored while it was off.
+#[tokio::test]
+async fn search_turned_off_and_on_again() {
+    let server = TestServer::start_with(|c| c.enable_search = false).await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    server.send_text(&alice, &room, "heron while off").await;
+    let (status, body) = super::search(
+        &server,
+        &alice,
+        json!({ "search_categories": { "room_events": { "search_term": "heron" } } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN", "{body}");
+    let server = server.restart_with(|c| c.enable_search = true).await;
+    server.send_text(&alice, &room, "heron while on").await;
+    let answer = wait_for(&server, &alice, "heron", 2).await;
+    let mut got = found(&answer);
+    got.sort();
+    assert_eq!(got, ["heron while off", "heron while on"]);
+}
+
 /// A crash after events were stored but before the index committed them: the catch-up on
 /// start indexes what the index's payload says is missing, and re-applies redactions made
 /// since.
