@@ -141,6 +141,9 @@ pub fn routes(router: AppRouter) -> AppRouter {
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// To-device messages in one response at most (as Synapse): a device back after a long
+/// time may have thousands of room keys waiting.
+const MAX_TO_DEVICE_PER_SYNC: usize = 100;
 
 struct Ctx<'a> {
     services: &'a Services,
@@ -181,7 +184,16 @@ async fn sync_route(
     let mut wake = services.notifier.subscribe(&user);
     crate::service::presence::on_sync(&services, &user, &req.set_presence)?;
     loop {
-        let token = services.db.committed();
+        let mut token = services.db.committed();
+        if let Some(device) = &device {
+            token = services.e2ee.to_device_cutoff(
+                &user,
+                device,
+                since,
+                token,
+                MAX_TO_DEVICE_PER_SYNC,
+            );
+        }
         let ctx = Ctx {
             services: &services,
             user: &user,

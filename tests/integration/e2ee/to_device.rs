@@ -118,3 +118,42 @@ async fn a_removed_device_loses_its_pending_messages() {
         .expect("read");
     assert!(pending.is_empty());
 }
+
+/// A device with many messages waiting gets them 100 a sync, in order, and the rest of
+/// each response is cut at the same point: a room message sent between the 150th and the
+/// 151st arrives with the second hundred, once.
+#[tokio::test]
+async fn at_most_a_hundred_messages_a_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let mut since = next_batch(&server.sync(&bob, None, 0).await);
+    for n in 0..250 {
+        if n == 150 {
+            server.send_text(&alice, &room, "between").await;
+        }
+        let to_bob = json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } });
+        send(&server, &alice, &format!("t{n}"), to_bob).await;
+    }
+    let mut got = Vec::new();
+    let mut between_in = Vec::new();
+    for round in 0..3 {
+        let sync = server.sync(&bob, Some(&since), 0).await;
+        let messages = contents(&sync);
+        assert_eq!(messages.len(), [100, 100, 50][round], "round {round}: {sync}");
+        got.extend(messages.into_iter().map(|c| c["n"].as_u64().expect("n")));
+        let timeline = crate::common::timeline(&sync, &room);
+        if crate::common::bodies(&timeline).contains(&"between".to_owned()) {
+            between_in.push(round);
+        }
+        since = next_batch(&sync);
+    }
+    assert_eq!(got, (0..250).collect::<Vec<u64>>());
+    assert_eq!(between_in, [1], "the room message comes with the second hundred, once");
+    let after = server.sync(&bob, Some(&since), 0).await;
+    assert!(contents(&after).is_empty(), "{after}");
+}
