@@ -172,6 +172,10 @@ async fn search_route(
     };
     let term = criteria.search_term.as_str();
     let search = &services.search;
+    if cursor.is_none() {
+        // Later pages keep the first page's snapshot, so only the first needs the newest.
+        search.refresh().await;
+    }
     let snapshot = cursor
         .as_ref()
         .map_or_else(|| services.db.committed(), |c| c.snapshot);

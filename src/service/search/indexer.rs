@@ -9,7 +9,6 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, RecvTimeoutError},
     },
     time::{Duration, Instant},
@@ -17,18 +16,26 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument, Term, indexer::UserOperation};
 
-use super::{Msg, schema::Fields};
+use super::{FRESH_ENOUGH, Msg, Shared, schema::Fields};
 use crate::{
     database::STREAM_BASE,
     error::{Error, Result},
     service::{Services, rooms::Rooms},
 };
 
-/// Near real time: a message is searchable at most this long after it is stored (plus the
-/// commit itself).
-const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// Commit intervals while searches come in (near real time: a message is searchable this
+/// long after it is stored, plus the commit itself) and while none do (a search then has
+/// the indexer commit first; see the module above).
+const COMMIT_EVERY: Duration = FRESH_ENOUGH;
+const IDLE_COMMIT_EVERY: Duration = Duration::from_secs(5);
+/// After waking for an event, the indexer waits this long so that one pass reads, and
+/// hands tantivy, every event stored meanwhile: waking for each event cost more than
+/// indexing it (measured).
+const GATHER: Duration = Duration::from_millis(20);
+/// Operations handed to the writer at once during a catch-up.
+const CATCH_UP_BATCH: usize = 1000;
 const WRITER_MEMORY: usize = 20_000_000;
 
 #[derive(Serialize, Deserialize)]
@@ -45,9 +52,12 @@ pub struct Indexer {
     floor: u64,
     dirty: bool,
     last_commit: Instant,
-    /// Set by [`super::Search::stop`]: a long catch-up gives up instead of holding up the
-    /// shutdown.
-    stopping: Arc<AtomicBool>,
+    /// Documents and deletions not yet handed to the writer, in order (a deletion only
+    /// reaches documents handed over before it).
+    ops: Vec<UserOperation<TantivyDocument>>,
+    /// `stopping` is set by [`super::Search::stop`]: a long catch-up gives up instead of
+    /// holding up the shutdown.
+    shared: Arc<Shared>,
     /// A catch-up gave up: what was added since the last commit is dropped, not committed
     /// (the payload would not cover it, and the next start redoes it).
     abandoned: bool,
@@ -67,11 +77,11 @@ pub fn searchable_text(event: &Value) -> Option<(&'static str, &str)> {
 }
 
 impl Indexer {
-    pub fn new(
+    pub(crate) fn new(
         index: &Index,
         reader: IndexReader,
         fields: Fields,
-        stopping: Arc<AtomicBool>,
+        shared: Arc<Shared>,
     ) -> Result<Self> {
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY)
@@ -90,7 +100,8 @@ impl Indexer {
             floor,
             dirty: false,
             last_commit: Instant::now(),
-            stopping,
+            ops: Vec::new(),
+            shared,
             abandoned: false,
         })
     }
@@ -114,21 +125,28 @@ impl Indexer {
         let from_live = self.live.max(STREAM_BASE) + 1;
         let mut indexed = 0;
         for short in services.rooms.short_room_ids() {
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.shared.stopping() {
                 self.abandoned = true;
                 return Ok(indexed);
             }
             if from_live <= committed {
                 for (count, json) in services.rooms.pdus_between(short, from_live, committed) {
                     indexed += usize::from(self.index_json(&services.rooms, short, count, &json));
+                    if self.ops.len() >= CATCH_UP_BATCH {
+                        self.hand_over();
+                    }
                 }
             }
             if floor < self.floor {
                 for (count, json) in services.rooms.pdus_between(short, floor, self.floor - 1) {
                     indexed += usize::from(self.index_json(&services.rooms, short, count, &json));
+                    if self.ops.len() >= CATCH_UP_BATCH {
+                        self.hand_over();
+                    }
                 }
             }
         }
+        self.hand_over();
         self.live = self.live.max(committed);
         self.floor = self.floor.min(floor);
         self.dirty = true;
@@ -155,7 +173,6 @@ impl Indexer {
         doc.add_u64(f.short_room, shortroomid);
         doc.add_text(f.room_id, str_of("room_id"));
         doc.add_text(f.sender, str_of("sender"));
-        doc.add_text(f.kind, str_of("type"));
         doc.add_text(f.key, key);
         doc.add_u64(
             f.ts,
@@ -166,15 +183,18 @@ impl Indexer {
         );
         doc.add_text(f.text, text);
         doc.add_text(f.text_raw, text);
-        match self.writer.add_document(doc) {
-            Ok(_) => {
-                self.dirty = true;
-                true
-            }
-            Err(e) => {
-                tracing::warn!("search: indexing an event failed: {e}");
-                false
-            }
+        self.ops.push(UserOperation::Add(doc));
+        self.dirty = true;
+        true
+    }
+
+    /// Hands the gathered operations to the writer's thread in one batch (one wake-up).
+    fn hand_over(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        if let Err(e) = self.writer.run(std::mem::take(&mut self.ops)) {
+            tracing::warn!("search: indexing failed: {e}");
         }
     }
 
@@ -198,13 +218,16 @@ impl Indexer {
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
             .is_some_and(|target| searchable_text(&target).is_some());
         if !still_searchable {
-            self.writer
-                .delete_term(Term::from_field_u64(self.fields.pos, count));
+            self.ops.push(UserOperation::Delete(Term::from_field_u64(
+                self.fields.pos,
+                count,
+            )));
             self.dirty = true;
         }
     }
 
     fn commit(&mut self) {
+        self.hand_over();
         let payload = serde_json::to_string(&Payload {
             live: self.live,
             backfill: self.floor,
@@ -219,6 +242,7 @@ impl Indexer {
             Err(e) => tracing::warn!("search: commit failed: {e}"),
         }
         self.last_commit = Instant::now();
+        self.shared.committed_now();
     }
 
     /// Commits and waits for the writer's merges, releasing the index's lock.
@@ -245,24 +269,42 @@ impl Indexer {
             }
             self.commit();
         }
+        self.shared.set_following(true);
         let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         loop {
+            let every = if self.shared.searched_lately() {
+                COMMIT_EVERY
+            } else {
+                IDLE_COMMIT_EVERY
+            };
             let wait = if !pending.is_empty() {
                 // The write of a sent position becomes visible within moments.
                 Duration::from_millis(5)
             } else if self.dirty {
-                COMMIT_EVERY.saturating_sub(self.last_commit.elapsed())
+                every.saturating_sub(self.last_commit.elapsed())
             } else {
                 Duration::from_secs(3600)
             };
             let (mut stop, mut backfilled, mut gone) = (false, false, false);
-            let mut take = |msg: Msg, pending: &mut VecDeque<(u64, u64)>| match msg {
-                Msg::Appended { shortroomid, count } => pending.push_back((shortroomid, count)),
-                Msg::Backfilled => backfilled = true,
-                Msg::Stop => stop = true,
+            let mut take = |msg: Msg, pending: &mut VecDeque<(u64, u64)>, waiting: &mut Vec<_>| {
+                match msg {
+                    Msg::Appended { shortroomid, count } => {
+                        pending.push_back((shortroomid, count));
+                    }
+                    Msg::Backfilled => backfilled = true,
+                    Msg::Refresh(done) => waiting.push(done),
+                    Msg::Stop => stop = true,
+                }
             };
             match rx.recv_timeout(wait) {
-                Ok(msg) => take(msg, &mut pending),
+                Ok(msg) => {
+                    let gather = matches!(msg, Msg::Appended { .. });
+                    take(msg, &mut pending, &mut waiting);
+                    if gather {
+                        std::thread::sleep(GATHER);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => gone = true,
             }
@@ -273,7 +315,7 @@ impl Indexer {
             // its message in the channel by then (sent before its write).
             let committed = s.db.committed();
             while let Ok(msg) = rx.try_recv() {
-                take(msg, &mut pending);
+                take(msg, &mut pending, &mut waiting);
             }
             while let Some(&(short, count)) = pending.front() {
                 if count > committed {
@@ -293,6 +335,7 @@ impl Indexer {
             if pending.is_empty() {
                 self.live = self.live.max(committed);
             }
+            self.hand_over();
             if backfilled && let Err(e) = self.catch_up(&s) {
                 tracing::warn!("search: indexing backfilled events failed: {}", e.message);
             }
@@ -300,10 +343,14 @@ impl Indexer {
             if stop || gone || self.abandoned {
                 break;
             }
-            if self.dirty && self.last_commit.elapsed() >= COMMIT_EVERY {
+            if self.dirty && (!waiting.is_empty() || self.last_commit.elapsed() >= every) {
                 self.commit();
             }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
         }
+        self.shared.set_following(false);
         if let Err(e) = self.finish() {
             tracing::warn!("search: closing the index failed: {}", e.message);
         }

@@ -34,7 +34,6 @@ pub struct Fields {
     pub short_room: Field,
     pub room_id: Field,
     pub sender: Field,
-    pub kind: Field,
     /// Which content key the text came from: `content.body`, `content.name`, `content.topic`.
     pub key: Field,
     pub ts: Field,
@@ -56,7 +55,6 @@ pub fn schema() -> (Schema, Fields) {
         short_room: b.add_u64_field("short_room", FAST | STORED),
         room_id: b.add_text_field("room_id", STRING),
         sender: b.add_text_field("sender", STRING),
-        kind: b.add_text_field("type", STRING),
         key: b.add_text_field("key", STRING),
         ts: b.add_u64_field("origin_server_ts", FAST | STORED),
         text: b.add_text_field("text", text_with(STEM_ANALYZER)),

@@ -239,3 +239,29 @@ async fn kill_9_and_the_rebuild_command() {
     server.child.kill().expect("SIGKILL");
     server.child.wait().unwrap();
 }
+
+/// Near real time without polling: one search a second after the send finds the message,
+/// both when nobody searched before (the indexer commits rarely then, and the search has
+/// it commit first) and right after other searches (it commits every half second then).
+#[tokio::test]
+async fn one_search_a_second_later_finds_the_message() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    for round in ["first", "second", "third"] {
+        server
+            .send_text(&alice, &room, &format!("puffin {round}"))
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let answer = super::room_events(
+            &server,
+            &alice,
+            json!({ "search_term": format!("puffin {round}"), "order_by": "recent" }),
+        )
+        .await;
+        assert!(
+            found(&answer).contains(&format!("puffin {round}")),
+            "{round}: {answer}"
+        );
+    }
+}
