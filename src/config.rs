@@ -91,6 +91,15 @@ pub struct Config {
     /// Seconds without activity after which a user becomes `offline`.
     #[serde(default = "default_presence_offline_timeout_s")]
     pub presence_offline_timeout_s: u64,
+    /// Seconds after which the presence of a local user who is not offline is sent again
+    /// to the servers sharing a room with them, though it did not change (Synapse: 25
+    /// minutes), so that they do not time it out.
+    #[serde(default = "default_presence_federation_ping_s")]
+    pub presence_federation_ping_s: u64,
+    /// Seconds without word of another server's user (a change or a ping) after which they
+    /// count as offline here (Synapse: 30 minutes): their server may be gone.
+    #[serde(default = "default_presence_remote_timeout_s")]
+    pub presence_remote_timeout_s: u64,
     /// Address ranges (CIDR) push gateways may be reached at although they are loopback,
     /// private, link-local or otherwise internal; by default only public addresses are.
     #[serde(default)]
@@ -293,6 +302,12 @@ fn default_well_known_timeout() -> u64 {
 }
 fn default_presence_idle_timeout_s() -> u64 {
     5 * 60
+}
+fn default_presence_federation_ping_s() -> u64 {
+    25 * 60
+}
+fn default_presence_remote_timeout_s() -> u64 {
+    30 * 60
 }
 fn default_presence_offline_timeout_s() -> u64 {
     30 * 60

@@ -3,8 +3,18 @@
 //! and then `offline` after configured idle times by themselves (timers, not polling);
 //! changes of local users go to the servers sharing a room with them as `m.presence`.
 //! `allow_local_presence = false` turns all of it off.
+//!
+//! Across servers, as Synapse: a local user who is not offline has their presence sent
+//! again every `presence_federation_ping_s` though it did not change, and another server's
+//! user not heard of for `presence_remote_timeout_s` becomes offline here (their server may
+//! be gone, and nobody else would ever say so). Synapse times out our users the same way,
+//! so without the pings a user active for half an hour looked offline to its users.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ruma::{OwnedServerName, OwnedUserId, UserId, presence::PresenceState};
 use serde::{Deserialize, Serialize};
@@ -65,6 +75,12 @@ pub struct PresenceService {
     idle: Duration,
     offline: Duration,
     activity_write_ms: u64,
+    ping_every: Duration,
+    remote_timeout: Duration,
+    /// When each local user's presence last went to other servers.
+    sent: Mutex<HashMap<OwnedUserId, Instant>>,
+    /// When each other server's user was last heard of.
+    heard: Mutex<HashMap<OwnedUserId, Instant>>,
 }
 
 impl PresenceService {
@@ -80,7 +96,25 @@ impl PresenceService {
             activity_write_ms: ACTIVITY_WRITE_MS
                 .min(config.presence_idle_timeout_s.saturating_mul(250))
                 .max(1),
+            ping_every: Duration::from_secs(config.presence_federation_ping_s.max(1)),
+            remote_timeout: Duration::from_secs(config.presence_remote_timeout_s.max(1)),
+            sent: Mutex::default(),
+            heard: Mutex::default(),
         }
+    }
+
+    fn sent_now(&self, user_id: &UserId) {
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user_id.to_owned(), Instant::now());
+    }
+
+    fn heard_now(&self, user_id: &UserId) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user_id.to_owned(), Instant::now());
     }
 
     pub fn enabled(&self) -> bool {
@@ -267,12 +301,62 @@ pub fn set_local(
         return Ok(());
     };
     wake_watchers(services, user_id)?;
-    let mut entry = stored.content();
+    send_to_servers(services, user_id, &stored)
+}
+
+fn send_to_servers(services: &Services, user_id: &UserId, p: &Presence) -> Result<()> {
+    let mut entry = p.content();
     entry["user_id"] = json!(user_id);
+    services.presence.sent_now(user_id);
     services.sending.queue_edu(
         &servers_of(services, user_id)?,
         json!({ "edu_type": "m.presence", "content": { "push": [entry] } }),
     )?;
+    Ok(())
+}
+
+/// The federation side of the timers: pings for local users whose presence went out
+/// `ping_every` ago and is not offline; offline for other servers' users not heard of for
+/// `remote_timeout`.
+fn federation_tick(services: &Services) -> Result<()> {
+    let p = &services.presence;
+    let own = services.globals.server_name();
+    let now = Instant::now();
+    for user in p.all_users() {
+        let Some(current) = p.get(&user)? else {
+            continue;
+        };
+        if current.presence == PresenceState::Offline {
+            continue;
+        }
+        if user.server_name() == own {
+            // Users first seen here count as just sent (after a restart: at start).
+            let due = *p
+                .sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(user.clone())
+                .or_insert(now)
+                + p.ping_every
+                <= now;
+            if due {
+                send_to_servers(services, &user, &current)?;
+            }
+        } else {
+            let expired = *p
+                .heard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(user.clone())
+                .or_insert(now)
+                + p.remote_timeout
+                <= now;
+            if expired && p.store(&user, PresenceState::Offline, None, None)?.is_some() {
+                tracing::debug!(%user, "no presence from their server for a while: offline");
+                wake_watchers(services, &user)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -300,9 +384,20 @@ pub async fn run_timers(services: Arc<Services>) {
             services.presence.schedule(&user, &p);
         }
     }
+    let p = &services.presence;
+    let tick = (p.ping_every.min(p.remote_timeout) / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(60));
+    let mut federation = tokio::time::interval(tick);
+    federation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let user = tokio::select! {
             user = services.presence.timers.next_expired() => user,
+            _ = federation.tick() => {
+                if let Err(e) = federation_tick(&services) {
+                    tracing::warn!("presence federation timers: {}", e.message);
+                }
+                continue;
+            }
             () = services.shutdown_signal() => return,
         };
         let Ok(Some(p)) = services.presence.get(&user) else {
@@ -351,6 +446,7 @@ pub fn handle_edu(services: &Services, origin: &ruma::ServerName, content: &Valu
         if !is_known(&presence) {
             continue;
         }
+        services.presence.heard_now(&user_id);
         let ago = entry["last_active_ago"].as_u64().unwrap_or(0);
         let status = entry["status_msg"].as_str().map(ToOwned::to_owned);
         if services

@@ -231,3 +231,79 @@ async fn edus_for_users_of_other_servers_or_outside_the_room_are_ignored() {
         "{sync}"
     );
 }
+
+/// Presence across servers does not go stale: A sends alice's unchanged presence again
+/// (every second here), so B, which times out users it has not heard of (after 3 s here),
+/// keeps her online; dave, whose online state B heard once and never again, becomes
+/// offline there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_presence_is_kept_alive_by_pings_and_times_out_without_them() {
+    let a = TestServer::start_federated_with(|c| {
+        c.federation_retry_base_ms = 50;
+        c.federation_retry_max_ms = 400;
+        c.presence_federation_ping_s = 1;
+    })
+    .await;
+    let b = TestServer::start_federated_with(|c| {
+        c.federation_retry_base_ms = 50;
+        c.federation_retry_max_ms = 400;
+        c.presence_remote_timeout_s = 3;
+    })
+    .await;
+    let alice = a.register("alice").await;
+    let dave = a.register("dave").await;
+    let bob = b.register("bob").await;
+    let room = a
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    a.join(&dave, &room).await;
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            &bob.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = a
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            &alice.token,
+            json!({ "presence": "online", "status_msg": "here" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Dave's online state reaches B once, as if A said it and then went quiet about him.
+    let status = send_edus(&a, &b, "d1", json!([
+        { "edu_type": "m.presence", "content": { "push": [{ "user_id": dave.user_id, "presence": "online" }] } },
+    ]))
+    .await;
+    assert_eq!(status, 200);
+    let state_on_b = |user: String| {
+        let (b, bob) = (&b, &bob);
+        async move {
+            let (status, body) = b
+                .get(
+                    &format!("/_matrix/client/v3/presence/{}/status", enc(&user)),
+                    &bob.token,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["presence"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    sync_until(&b, &bob, None, "alice online on b", |s| {
+        presence_of(s, &alice)
+            .is_some_and(|p| p["presence"] == "online")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(state_on_b(dave.user_id.clone()).await, "online");
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(state_on_b(alice.user_id.clone()).await, "online");
+    assert_eq!(state_on_b(dave.user_id.clone()).await, "offline");
+}
