@@ -351,7 +351,10 @@ fn federation_tick(services: &Services) -> Result<()> {
                 .or_insert(now)
                 + p.remote_timeout
                 <= now;
-            if expired && p.store(&user, PresenceState::Offline, None, None)?.is_some() {
+            if expired
+                && p.store(&user, PresenceState::Offline, None, None)?
+                    .is_some()
+            {
                 tracing::debug!(%user, "no presence from their server for a while: offline");
                 wake_watchers(services, &user)?;
             }

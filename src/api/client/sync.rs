@@ -186,13 +186,10 @@ async fn sync_route(
     loop {
         let mut token = services.db.committed();
         if let Some(device) = &device {
-            token = services.e2ee.to_device_cutoff(
-                &user,
-                device,
-                since,
-                token,
-                MAX_TO_DEVICE_PER_SYNC,
-            );
+            token =
+                services
+                    .e2ee
+                    .to_device_cutoff(&user, device, since, token, MAX_TO_DEVICE_PER_SYNC);
         }
         let ctx = Ctx {
             services: &services,

@@ -290,16 +290,15 @@ impl Indexer {
                 Duration::from_secs(3600)
             };
             let (mut stop, mut backfilled, mut gone) = (false, false, false);
-            let mut take = |msg: Msg, pending: &mut VecDeque<(u64, u64)>, waiting: &mut Vec<_>| {
-                match msg {
+            let mut take =
+                |msg: Msg, pending: &mut VecDeque<(u64, u64)>, waiting: &mut Vec<_>| match msg {
                     Msg::Appended { shortroomid, count } => {
                         pending.push_back((shortroomid, count));
                     }
                     Msg::Backfilled => backfilled = true,
                     Msg::Refresh(done) => waiting.push(done),
                     Msg::Stop => stop = true,
-                }
-            };
+                };
             match rx.recv_timeout(wait) {
                 Ok(msg) => {
                     let gather = matches!(msg, Msg::Appended { .. });

@@ -71,7 +71,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     fn within(&self, stamp: &AtomicU64, span: Duration) -> bool {

@@ -144,7 +144,11 @@ async fn at_most_a_hundred_messages_a_sync() {
     for round in 0..3 {
         let sync = server.sync(&bob, Some(&since), 0).await;
         let messages = contents(&sync);
-        assert_eq!(messages.len(), [100, 100, 50][round], "round {round}: {sync}");
+        assert_eq!(
+            messages.len(),
+            [100, 100, 50][round],
+            "round {round}: {sync}"
+        );
         got.extend(messages.into_iter().map(|c| c["n"].as_u64().expect("n")));
         let timeline = crate::common::timeline(&sync, &room);
         if crate::common::bodies(&timeline).contains(&"between".to_owned()) {
@@ -153,7 +157,11 @@ async fn at_most_a_hundred_messages_a_sync() {
         since = next_batch(&sync);
     }
     assert_eq!(got, (0..250).collect::<Vec<u64>>());
-    assert_eq!(between_in, [1], "the room message comes with the second hundred, once");
+    assert_eq!(
+        between_in,
+        [1],
+        "the room message comes with the second hundred, once"
+    );
     let after = server.sync(&bob, Some(&since), 0).await;
     assert!(contents(&after).is_empty(), "{after}");
 }
