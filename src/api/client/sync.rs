@@ -184,13 +184,19 @@ async fn sync_route(
     let mut wake = services.notifier.subscribe(&user);
     crate::service::presence::on_sync(&services, &user, &req.set_presence)?;
     loop {
-        let mut token = services.db.committed();
-        if let Some(device) = &device {
-            token =
-                services
-                    .e2ee
-                    .to_device_cutoff(&user, device, since, token, MAX_TO_DEVICE_PER_SYNC);
-        }
+        let committed = services.db.committed();
+        // Read first: with more messages waiting than one response carries, the whole
+        // response ends where its to-device messages do.
+        let (to_device, token) = match &device {
+            Some(device) => services.e2ee.take_to_device(
+                &user,
+                device,
+                since,
+                committed,
+                MAX_TO_DEVICE_PER_SYNC,
+            )?,
+            None => (Vec::new(), committed),
+        };
         let ctx = Ctx {
             services: &services,
             user: &user,
@@ -200,7 +206,7 @@ async fn sync_route(
             full_state: req.full_state,
             filter: &filter,
         };
-        let (response, has_changes) = compute(&ctx)?;
+        let (response, has_changes) = compute(&ctx, to_device)?;
         if has_changes
             || since.is_none()
             || req.full_state
@@ -220,7 +226,7 @@ async fn sync_route(
     }
 }
 
-fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
+fn compute(ctx: &Ctx, to_device: Vec<Value>) -> Result<(SyncResponse, bool)> {
     let mut rooms = Rooms::default();
     let room_filter = &ctx.filter.room;
 
@@ -301,10 +307,6 @@ fn compute(ctx: &Ctx) -> Result<(SyncResponse, bool)> {
         )?
     };
     let e2ee = &ctx.services.e2ee;
-    let to_device = match ctx.device {
-        Some(device) => e2ee.take_to_device(ctx.user, device, ctx.since, ctx.token)?,
-        None => Vec::new(),
-    };
     let device_lists = match ctx.since {
         Some(since) => {
             let changes = device_lists::changes(ctx.services, ctx.user, since, ctx.token)?;

@@ -52,58 +52,36 @@ impl E2ee {
         })
     }
 
-    /// Where a `/sync` of this device ending at `until` should end instead so that it carries
-    /// at most `limit` to-device messages: the position of the `limit`th message above
-    /// `since`, or `until` when fewer wait. Every stream shares the one counter, so the
-    /// shorter response is a consistent cut and the client gets the rest on its next sync
-    /// (Synapse also sends at most 100 a sync).
-    pub fn to_device_cutoff(
-        &self,
-        user: &UserId,
-        device: &str,
-        since: Option<u64>,
-        until: u64,
-        limit: usize,
-    ) -> u64 {
-        let prefix = key::prefix(&[user.as_bytes(), device.as_bytes()]);
-        let mut waiting = 0;
-        for (k, _) in self.to_device.scan_prefix(prefix.clone()) {
-            let position = key::to_u64(&k[prefix.len()..]);
-            if since.is_some_and(|s| position <= s) {
-                continue;
-            }
-            if position > until {
-                break;
-            }
-            waiting += 1;
-            if waiting == limit {
-                return position;
-            }
-        }
-        until
-    }
-
     /// Deletes the device's messages at or below `acknowledged` and returns those in
-    /// `(acknowledged, until]`, oldest first.
+    /// `(acknowledged, until]`, oldest first, at most `limit` of them, with where the
+    /// returned range ends: `until`, or the `limit`th message's position when more wait.
+    /// Every stream shares the one counter, so a `/sync` that ends there instead is a
+    /// consistent cut and the client gets the rest on its next sync.
     pub fn take_to_device(
         &self,
         user: &UserId,
         device: &str,
         acknowledged: Option<u64>,
         until: u64,
-    ) -> Result<Vec<Value>> {
+        limit: usize,
+    ) -> Result<(Vec<Value>, u64)> {
         let prefix = key::prefix(&[user.as_bytes(), device.as_bytes()]);
         let mut delete = Vec::new();
         let mut out = Vec::new();
+        let mut end = until;
         for (k, v) in self.to_device.scan_prefix(prefix.clone()) {
             let position = key::to_u64(&k[prefix.len()..]);
             if acknowledged.is_some_and(|a| position <= a) {
                 delete.push(k);
-            } else if position <= until {
+            } else if position <= until && out.len() < limit {
                 out.push(serde_json::from_slice(&v)?);
+                end = position;
             } else {
                 break;
             }
+        }
+        if out.len() < limit {
+            end = until;
         }
         if !delete.is_empty() {
             self.db.write(|b| {
@@ -112,6 +90,6 @@ impl E2ee {
                 }
             })?;
         }
-        Ok(out)
+        Ok((out, end))
     }
 }

@@ -105,8 +105,9 @@ async fn a_removed_device_loses_its_pending_messages() {
     let user = ruma::UserId::parse(bob.user_id.as_str()).expect("user id");
     let pending = services
         .e2ee
-        .take_to_device(&user, &bob2.device_id, None, u64::MAX)
-        .expect("read");
+        .take_to_device(&user, &bob2.device_id, None, u64::MAX, usize::MAX)
+        .expect("read")
+        .0;
     assert_eq!(pending.len(), 1);
     let (status, body) = server
         .post("/_matrix/client/v3/logout", &bob2.token, json!({}))
@@ -114,8 +115,9 @@ async fn a_removed_device_loses_its_pending_messages() {
     assert_eq!(status, 200, "{body}");
     let pending = services
         .e2ee
-        .take_to_device(&user, &bob2.device_id, None, u64::MAX)
-        .expect("read");
+        .take_to_device(&user, &bob2.device_id, None, u64::MAX, usize::MAX)
+        .expect("read")
+        .0;
     assert!(pending.is_empty());
 }
 
