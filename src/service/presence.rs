@@ -104,17 +104,19 @@ impl PresenceService {
     }
 
     fn sent_now(&self, user_id: &UserId) {
-        self.sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user_id.to_owned(), Instant::now());
+        stamp(&self.sent, user_id, Instant::now());
     }
 
     fn heard_now(&self, user_id: &UserId) {
-        self.heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user_id.to_owned(), Instant::now());
+        stamp(&self.heard, user_id, Instant::now());
+    }
+
+    /// Every stored record (local and remote users), read in one pass.
+    fn all_records(&self) -> impl Iterator<Item = (OwnedUserId, Presence)> + '_ {
+        self.presence.iter().filter_map(|(k, v)| {
+            let user = UserId::parse(String::from_utf8_lossy(&k).as_ref()).ok()?;
+            Some((user, serde_json::from_slice(&v).ok()?))
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -322,45 +324,36 @@ fn federation_tick(services: &Services) -> Result<()> {
     let p = &services.presence;
     let own = services.globals.server_name();
     let now = Instant::now();
-    for user in p.all_users() {
-        let Some(current) = p.get(&user)? else {
-            continue;
-        };
+    for (user, current) in p.all_records() {
         if current.presence == PresenceState::Offline {
             continue;
         }
+        // Users first seen here count as just sent or heard (after a restart: at start).
         if user.server_name() == own {
-            // Users first seen here count as just sent (after a restart: at start).
-            let due = *p
-                .sent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(user.clone())
-                .or_insert(now)
-                + p.ping_every
-                <= now;
-            if due {
+            if since(&p.sent, &user, now) >= p.ping_every {
                 send_to_servers(services, &user, &current)?;
             }
-        } else {
-            let expired = *p
-                .heard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(user.clone())
-                .or_insert(now)
-                + p.remote_timeout
-                <= now;
-            if expired
-                && p.store(&user, PresenceState::Offline, None, None)?
-                    .is_some()
-            {
-                tracing::debug!(%user, "no presence from their server for a while: offline");
-                wake_watchers(services, &user)?;
-            }
+        } else if since(&p.heard, &user, now) >= p.remote_timeout
+            && p.store(&user, PresenceState::Offline, None, None)?
+                .is_some()
+        {
+            tracing::debug!(%user, "no presence from their server for a while: offline");
+            wake_watchers(services, &user)?;
         }
     }
     Ok(())
+}
+
+fn stamp(map: &Mutex<HashMap<OwnedUserId, Instant>>, user: &UserId, at: Instant) {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(user.to_owned(), at);
+}
+
+/// How long ago `map` stamped `user`; a user it has no stamp for is stamped `now`.
+fn since(map: &Mutex<HashMap<OwnedUserId, Instant>>, user: &UserId, now: Instant) -> Duration {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    now.saturating_duration_since(*map.entry(user.to_owned()).or_insert(now))
 }
 
 /// `/sync`'s `set_presence`: online marks activity, unavailable is kept as asked, offline
@@ -380,10 +373,8 @@ pub async fn run_timers(services: Arc<Services>) {
         return;
     }
     let own = services.globals.server_name().to_owned();
-    for user in services.presence.all_users() {
-        if user.server_name() == own
-            && let Ok(Some(p)) = services.presence.get(&user)
-        {
+    for (user, p) in services.presence.all_records() {
+        if user.server_name() == own {
             services.presence.schedule(&user, &p);
         }
     }

@@ -51,7 +51,7 @@ pub(crate) enum Msg {
 }
 
 /// While a search came in within this long, the indexer commits every half second.
-pub(crate) const SEARCH_ACTIVE: Duration = Duration::from_secs(60);
+const SEARCH_ACTIVE: Duration = Duration::from_secs(60);
 /// A search waits for a commit when the last one is older than this.
 pub(crate) const FRESH_ENOUGH: Duration = Duration::from_millis(500);
 /// How long a search waits for that commit before searching what is there.
