@@ -127,21 +127,6 @@ impl TestServer {
         let mut config = self.services().config().clone();
         configure(&mut config);
         let server = self.server.take().expect("running");
-        server.stop().await;
-        Self::start_in(self.dir, config).await
-    }
-
-    /// Stops the server (graceful shutdown, database flushed) and starts a new one on the
-    /// same database.
-    pub async fn restart(mut self) -> Self {
-        let config = self
-            .server
-            .as_ref()
-            .expect("running")
-            .services
-            .config()
-            .clone();
-        let server = self.server.take().expect("running");
         let addr = server.addr;
         server.stop().await;
         if config.tls.is_some() {
@@ -150,6 +135,12 @@ impl TestServer {
             return Self::start_on(self.dir, config, listener).await;
         }
         Self::start_in(self.dir, config).await
+    }
+
+    /// Stops the server (graceful shutdown, database flushed) and starts a new one on the
+    /// same database.
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
     }
 
     pub async fn request(
@@ -316,6 +307,22 @@ impl TestServer {
 }
 
 /// Percent-encodes a path segment (room ids contain `!` and `:`, aliases `#`).
+/// `POST /join/{room}?via={via}`: a join through another server.
+pub async fn join_via(
+    server: &TestServer,
+    user: &User,
+    room: &str,
+    via: &str,
+) -> (StatusCode, Value) {
+    server
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
+            &user.token,
+            json!({}),
+        )
+        .await
+}
+
 pub fn enc(segment: &str) -> String {
     let mut out = String::new();
     for b in segment.bytes() {

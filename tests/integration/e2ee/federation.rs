@@ -14,7 +14,7 @@ use super::{
     olm::{SECRET, fetch_peer, receive_encrypted, send_encrypted},
     query_keys,
 };
-use crate::common::{TestServer, enc, next_batch};
+use crate::common::{TestServer, join_via, next_batch};
 
 async fn federated() -> TestServer {
     TestServer::start_federated_with(|c| {
@@ -34,17 +34,7 @@ async fn bob_on_another_server_decrypts_alices_message() {
     bob.upload(&b, 3).await;
 
     let room = encrypted_room(&a, &alice.user).await;
-    let (status, body) = b
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            &bob.user.token,
-            json!({}),
-        )
-        .await;
+    let (status, body) = join_via(&b, &bob.user, &room, &a.server_name).await;
     assert_eq!(status, 200, "{body}");
     let since = next_batch(&b.sync(&bob.user, None, 0).await);
     let alice_since = next_batch(&a.sync(&alice.user, None, 0).await);

@@ -22,7 +22,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, User, bodies, enc, errcode, next_batch, timeline};
+use crate::common::{TestServer, User, bodies, enc, errcode, join_via, next_batch, timeline};
 
 /// Room versions, knocks and restricted joins between two well-behaved servers.
 mod across;
@@ -95,16 +95,6 @@ async fn wait_for_timeline(
             user.user_id
         );
     }
-}
-
-async fn join_via(server: &TestServer, user: &User, room: &str, via: &str) -> (StatusCode, Value) {
-    server
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
-            &user.token,
-            json!({}),
-        )
-        .await
 }
 
 async fn membership_on(server: &TestServer, viewer: &User, room: &str, user: &str) -> Value {

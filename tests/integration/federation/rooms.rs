@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::{TestServer, User, bodies, enc, next_batch, timeline};
+use crate::common::{TestServer, User, bodies, enc, join_via, next_batch, timeline};
 
 async fn federated() -> TestServer {
     TestServer::start_federated_with(|c| {
@@ -73,17 +73,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn join_via(server: &TestServer, user: &User, room: &str, via: &str) -> (u16, Value) {
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
-            &user.token,
-            json!({}),
-        )
-        .await;
-    (status.as_u16(), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{ephemeral, receipt, sync_until, typing};
 use crate::{
-    common::{TestServer, enc},
+    common::{TestServer, enc, join_via},
     realtime::presence::presence_of,
 };
 
@@ -30,17 +30,7 @@ async fn typing_receipts_and_presence_cross_servers() {
     let room = a
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    let (status, body) = b
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            &bob.token,
-            json!({}),
-        )
-        .await;
+    let (status, body) = join_via(&b, &bob, &room, &a.server_name).await;
     assert_eq!(status, 200, "{body}");
     let event = a.send_text(&alice, &room, "hello bob").await;
     // Bob's server has the message before anything refers to it.
@@ -179,17 +169,7 @@ async fn edus_for_users_of_other_servers_or_outside_the_room_are_ignored() {
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
     a.join(&dave, &room).await;
-    let (status, body) = b
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            &bob.token,
-            json!({}),
-        )
-        .await;
+    let (status, body) = join_via(&b, &bob, &room, &a.server_name).await;
     assert_eq!(status, 200, "{body}");
     let event = a.send_text(&alice, &room, "hello").await;
     let carol = format!("@carol:{}", b.server_name);
@@ -257,17 +237,7 @@ async fn remote_presence_is_kept_alive_by_pings_and_times_out_without_them() {
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
     a.join(&dave, &room).await;
-    let (status, body) = b
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            &bob.token,
-            json!({}),
-        )
-        .await;
+    let (status, body) = join_via(&b, &bob, &room, &a.server_name).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = a
         .put(
