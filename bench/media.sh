@@ -15,14 +15,11 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-CONDUIT_SERVER_NAME=127.0.0.9:8448 CONDUIT_ADDRESS=127.0.0.9 CONDUIT_PORT=8448 \
-CONDUIT_DATABASE_PATH="$WORK/db" CONDUIT_ALLOW_REGISTRATION=true CONDUIT_MAX_REQUEST_SIZE=104857600 \
-CONDUIT_RATE_LIMITS='{enabled=false}' CONDUIT_LOG=warn "$BIN" >"$WORK/conduit.log" 2>&1 &
-PID=$!
-for _ in $(seq 1 100); do curl -fs http://127.0.0.9:8448/_matrix/client/versions >/dev/null && break; sleep 0.1; done
+. "$ROOT/bench/lib.sh"
+start_conduit 127.0.0.9 "$WORK/db" "$WORK/conduit.log" CONDUIT_MAX_REQUEST_SIZE=104857600
 python3 "$ROOT/bench/media.py" http://127.0.0.9:8448 "$PID" ${SIZES:-1 50}
 echo "conduit media on disk: $(du -sm "$WORK/db/media" | cut -f1) MiB"
-kill "$PID"; PID=
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
 if [ "${SYNAPSE:-1}" = 1 ]; then
   "$SHARED/synapse/stop.sh" media >/dev/null 2>&1 || true
   rm -rf "$SYNAPSE_HOME/synapse-media"

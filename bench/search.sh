@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# bench/search.py against conduit (release, 127.0.0.11:8448, plain HTTP), optionally a second
-# conduit binary for the same load without search indexing (OFF_BIN: a build before the index
-# existed), and a fresh Synapse (instance "search", http://127.0.0.12:8008), in one sitting.
-# Env: SERVER_BIN, OFF_BIN, SHARED, ROOMS (default 100), MESSAGES (default 20000),
+# bench/search.py against conduit (release, 127.0.0.11:8448, plain HTTP), the same load with
+# `enable_search = false` (send rate only), and a fresh Synapse (instance "search",
+# http://127.0.0.12:8008), in one sitting.
+# Env: SERVER_BIN, SHARED, ROOMS (default 100), MESSAGES (default 20000),
 # SYNAPSE=0 to skip it, SYNAPSE_MESSAGES (default MESSAGES).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,24 +16,22 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-conduit() { # binary label
+. "$ROOT/bench/lib.sh"
+conduit() { # on|off
   rm -rf "$WORK/db"
-  CONDUIT_SERVER_NAME=127.0.0.11:8448 CONDUIT_ADDRESS=127.0.0.11 CONDUIT_PORT=8448 \
-  CONDUIT_DATABASE_PATH="$WORK/db" CONDUIT_ALLOW_REGISTRATION=true \
-  CONDUIT_RATE_LIMITS='{enabled=false}' CONDUIT_LOG=warn "$1" >"$WORK/conduit.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 1 100); do curl -fs http://127.0.0.11:8448/_matrix/client/versions >/dev/null && break; sleep 0.1; done
-  if [ "$2" = on ]; then
+  if [ "$1" = on ]; then
+    start_conduit 127.0.0.11 "$WORK/db" "$WORK/conduit.log"
     python3 "$ROOT/bench/search.py" http://127.0.0.11:8448 "${ROOMS:-100}" "${MESSAGES:-20000}"
     echo "conduit: database $(du -sm "$WORK/db" | cut -f1) MiB, of which search index $(du -sm "$WORK/db/search" | cut -f1) MiB; peak RSS $(grep VmHWM /proc/$PID/status | awk '{print $2/1024}') MiB"
   else
-    # The same load, only the send rate counts (search may be absent).
+    # The same load, only the send rate counts.
+    start_conduit 127.0.0.11 "$WORK/db" "$WORK/conduit.log" CONDUIT_ENABLE_SEARCH=false
     python3 "$ROOT/bench/search.py" http://127.0.0.11:8448 "${ROOMS:-100}" "${MESSAGES:-20000}" 0
   fi
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
 }
-conduit "$BIN" on
-[ -n "${OFF_BIN:-}" ] && conduit "$OFF_BIN" off
+conduit on
+conduit off
 if [ "${SYNAPSE:-1}" = 1 ]; then
   "$SHARED/synapse/stop.sh" search >/dev/null 2>&1 || true
   rm -rf "$SYNAPSE_HOME/synapse-search"
